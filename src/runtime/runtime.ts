@@ -6,7 +6,12 @@ import { EventHub } from "./event-hub.js";
 import { Execution, formatIssues } from "./execution.js";
 import { canonicalJson } from "./json.js";
 import { watchEvents, type Heartbeat } from "./watch.js";
-import type { ListPage, ListQuery, Store } from "../store/store.js";
+import {
+  InvalidCursorError,
+  type ListPage,
+  type ListQuery,
+  type Store,
+} from "../store/store.js";
 import {
   isTerminal,
   type InputRequestRecord,
@@ -184,7 +189,14 @@ export class Runtime {
   }
 
   async list(query: ListQuery): Promise<ListPage> {
-    return this.store.listInvocations(query);
+    try {
+      return await this.store.listInvocations(query);
+    } catch (error) {
+      if (error instanceof InvalidCursorError) {
+        throw new RuntimeError("invalid_argument", "page_token is not valid");
+      }
+      throw error;
+    }
   }
 
   /** Cancels an invocation; cancelling a finished one changes nothing. */

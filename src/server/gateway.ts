@@ -23,6 +23,11 @@ export interface GatewayOptions {
   agents?: Agent[];
   /** @default SQLite in config.dataDir */
   store?: Store;
+  /**
+   * Live events buffered per watch stream; a watcher that falls further
+   * behind reads from the store instead. @default the runtime's, 256
+   */
+  watchBufferSize?: number;
 }
 
 /** A built, unstarted gateway: `start()` binds the port. */
@@ -57,6 +62,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     agents,
     logger: log,
     heartbeatMs: config.heartbeatMs,
+    watchBufferSize: options.watchBufferSize,
   });
   const shutdown = new AbortController();
   const handler = connectNodeAdapter({

@@ -193,11 +193,14 @@ export function createListener(options: ListenerOptions): Listener {
   } else {
     const plain1 = http.createServer(http1Options);
     const plain2 = http2.createServer(http2Options);
-    server = net.createServer(tcpOptions, (socket) =>
-      sniff(socket, (protocol) =>
-        handOff(socket, protocol === "h2" ? plain2 : plain1),
-      ),
-    );
+    server = net.createServer(tcpOptions, (socket) => {
+      sniffing.add(socket);
+      socket.once("close", () => sniffing.delete(socket));
+      sniff(socket, o.headersTimeoutMs, (protocol) => {
+        sniffing.delete(socket);
+        handOff(socket, protocol === "h2" ? plain2 : plain1);
+      });
+    });
     h1 = plain1;
     h2 = plain2;
     closeIdleConnections = () => plain1.closeIdleConnections();
@@ -234,45 +237,6 @@ export function createListener(options: ListenerOptions): Listener {
     // A response that was in flight when close() began leaves an idle
     // keep-alive connection behind; close it once Node has released it.
     if (closing) setImmediate(closeIdleConnections);
-  }
-
-  /** Reads the first bytes of a plaintext connection to pick a protocol. */
-  function sniff(
-    socket: net.Socket,
-    decided: (protocol: "h2" | "http1") => void,
-  ): void {
-    sniffing.add(socket);
-    let received: Buffer = Buffer.alloc(0);
-    const stop = (): void => {
-      sniffing.delete(socket);
-      socket.off("data", onData);
-      socket.off("error", onError);
-      socket.off("timeout", onTimeout);
-      socket.off("end", onError);
-      socket.setTimeout(0);
-    };
-    const onData = (chunk: Buffer): void => {
-      received = received.length === 0 ? chunk : Buffer.concat([received, chunk]);
-      const protocol = detectProtocol(received);
-      if (protocol === "undecided") return;
-      stop();
-      socket.pause();
-      socket.unshift(received);
-      decided(protocol);
-    };
-    // Nothing has been read that anyone could answer: just drop it.
-    const onError = (): void => {
-      stop();
-      socket.destroy();
-    };
-    const onTimeout = onError;
-    socket.on("data", onData);
-    socket.on("error", onError);
-    socket.on("end", onError);
-    if (o.headersTimeoutMs > 0) {
-      socket.setTimeout(o.headersTimeoutMs);
-      socket.on("timeout", onTimeout);
-    }
   }
 
   function handOff(socket: net.Socket, to: net.Server): void {
@@ -347,6 +311,48 @@ export function createListener(options: ListenerOptions): Listener {
     sessions,
     sockets,
   };
+}
+
+/**
+ * Reads the first bytes of a plaintext connection until detectProtocol()
+ * decides, then puts them back for whichever server takes the socket. A
+ * socket that errs, ends or stays silent for timeoutMs (0: forever) first is
+ * destroyed: nothing was read that anyone could answer.
+ */
+function sniff(
+  socket: net.Socket,
+  timeoutMs: number,
+  decided: (protocol: "h2" | "http1") => void,
+): void {
+  let received: Buffer = Buffer.alloc(0);
+  const stop = (): void => {
+    socket.off("data", onData);
+    socket.off("error", drop);
+    socket.off("end", drop);
+    socket.off("timeout", drop);
+    socket.setTimeout(0);
+  };
+  const drop = (): void => {
+    stop();
+    socket.destroy();
+  };
+  const onData = (chunk: Buffer): void => {
+    received =
+      received.length === 0 ? chunk : Buffer.concat([received, chunk]);
+    const protocol = detectProtocol(received);
+    if (protocol === "undecided") return;
+    stop();
+    socket.pause();
+    socket.unshift(received);
+    decided(protocol);
+  };
+  socket.on("data", onData);
+  socket.on("error", drop);
+  socket.on("end", drop);
+  if (timeoutMs > 0) {
+    socket.setTimeout(timeoutMs);
+    socket.on("timeout", drop);
+  }
 }
 
 /** Drops undefined values, so they do not override defaults. */

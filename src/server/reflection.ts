@@ -13,8 +13,8 @@ import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
 import {
   ServerReflection,
   ServerReflectionResponseSchema,
+  type ServerReflectionRequest,
 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
-import type { ServerReflectionRequest } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 
 type ResponseInit = MessageInitShape<typeof ServerReflectionResponseSchema>;
 type Answer = ResponseInit["messageResponse"];

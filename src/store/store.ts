@@ -8,6 +8,14 @@ import type {
   TaskRecord,
 } from "./types.js";
 
+/** A list cursor that this store did not hand out. */
+export class InvalidCursorError extends Error {
+  override readonly name = "InvalidCursorError";
+  constructor() {
+    super("invalid list cursor");
+  }
+}
+
 /** A new invocation together with the first task and its `started` event. */
 export interface NewInvocation {
   invocation: InvocationRecord;
@@ -98,7 +106,10 @@ export interface Store {
 
   getInvocation(id: string): Promise<InvocationRecord | undefined>;
 
-  /** Newest first (by creation time, then id). */
+  /**
+   * Newest first (by creation time, then id). Throws InvalidCursorError for
+   * a cursor it did not hand out.
+   */
   listInvocations(query: ListQuery): Promise<ListPage>;
 
   /** Invocations that are not in a terminal state, oldest first. */

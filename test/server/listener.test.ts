@@ -23,8 +23,8 @@ import { AgentService } from "../../gen/agent/v1/agent_pb.js";
 import {
   ServerReflection,
   ServerReflectionRequestSchema,
+  type ServerReflectionResponse,
 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
-import type { ServerReflectionResponse } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { createListener, detectProtocol } from "../../src/server/listener.js";
 import type { Listener, ListenerOptions } from "../../src/server/listener.js";
 import { registerReflection } from "../../src/server/reflection.js";
@@ -45,7 +45,8 @@ function routes(router: ConnectRouter): void {
       const count = req.invocationId === "slow" ? 4 : 1;
       for (let i = 1; i <= count; i++) {
         if (i > 1) await sleep(400);
-        yield { event: { invocationId: req.invocationId, sequence: BigInt(i) } };
+        const event = { invocationId: req.invocationId, sequence: BigInt(i) };
+        yield { event };
       }
       if (req.invocationId === "forever") {
         await new Promise((resolve) =>
@@ -193,7 +194,15 @@ describe("plaintext listener", () => {
     }
   });
 
-  it("tells the protocols apart when the first bytes arrive split", async () => {
+  it("rejects listen() when the port is taken", async () => {
+    const other = createListener({ host: "127.0.0.1", port, handler });
+    await expect(other.listen()).rejects.toMatchObject({
+      code: "EADDRINUSE",
+    });
+    await other.close();
+  });
+
+  it("tells protocols apart when the first bytes arrive split", async () => {
     const h1 = await rawExchange(port, [
       "P",
       "OST " + listAgentsPath + " HTTP/1.1\r\nHost: x\r\n",
@@ -276,7 +285,10 @@ describe("plaintext listener", () => {
       { case: "fileByFilename", value: "google/protobuf/timestamp.proto" },
       { case: "fileContainingSymbol", value: "agent.v1.Nope" },
       { case: "fileByFilename", value: "nope.proto" },
-      { case: "allExtensionNumbersOfType", value: "google.protobuf.MethodOptions" },
+      {
+        case: "allExtensionNumbersOfType",
+        value: "google.protobuf.MethodOptions",
+      },
     );
     expect(services).toEqual({
       case: "listServicesResponse",
@@ -349,7 +361,7 @@ describe("listener timeouts and close", () => {
     expect(seqs).toEqual([1n, 2n, 3n, 4n]);
   });
 
-  it("drops connections that send nothing or never finish headers", async () => {
+  it("drops connections that stay silent or stall in headers", async () => {
     const started = Date.now();
     const [silent, slow] = await Promise.all([
       rawExchange(port, []),
@@ -441,7 +453,7 @@ describe("TLS listener", () => {
     });
   });
 
-  it("answers connect-node over TLS, trusting the test certificate", async () => {
+  it("answers connect-node over TLS, trusting the certificate", async () => {
     const tls = { ca: cert, servername: "localhost" };
     manager = new Http2SessionManager(baseUrl, {}, tls);
     const grpc = createGrpcTransport({ baseUrl, sessionManager: manager });

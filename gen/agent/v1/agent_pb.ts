@@ -856,7 +856,8 @@ export type InvokeRequest = Message<"agent.v1.InvokeRequest"> & {
   agent: string;
 
   /**
-   * The input; it must validate against the agent's input schema.
+   * The input; it must validate against the agent's input schema. Unset:
+   * an empty object, so that defaults apply.
    *
    * @generated from field: google.protobuf.Value input = 2;
    */
@@ -936,7 +937,8 @@ export type StartInvocationRequest = Message<"agent.v1.StartInvocationRequest"> 
   agent: string;
 
   /**
-   * The input; it must validate against the agent's input schema.
+   * The input; it must validate against the agent's input schema. Unset:
+   * an empty object, so that defaults apply.
    *
    * @generated from field: google.protobuf.Value input = 2;
    */
@@ -1014,7 +1016,8 @@ export type InvokeStreamRequest = Message<"agent.v1.InvokeStreamRequest"> & {
   agent: string;
 
   /**
-   * The input; it must validate against the agent's input schema.
+   * The input; it must validate against the agent's input schema. Unset:
+   * an empty object, so that defaults apply.
    *
    * @generated from field: google.protobuf.Value input = 2;
    */

@@ -1,13 +1,14 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
-import type {
-  CreateResult,
-  InvocationChange,
-  ListPage,
-  ListQuery,
-  NewInvocation,
-  Store,
+import {
+  InvalidCursorError,
+  type CreateResult,
+  type InvocationChange,
+  type ListPage,
+  type ListQuery,
+  type NewInvocation,
+  type Store,
 } from "../store.js";
 import type {
   InputRequestRecord,
@@ -486,7 +487,7 @@ function decodeCursor(cursor: string): { createdAt: number; id: string } {
   ) {
     return { createdAt: value[0] as number, id: value[1] };
   }
-  throw new Error("invalid list cursor");
+  throw new InvalidCursorError();
 }
 
 /** SQL NULL for unset; JSON null becomes the text `null`. */
