@@ -13,3 +13,5 @@ export type {
   RetryPolicy,
 } from "./agent.js";
 export type { Json } from "../store/types.js";
+export { runAgent } from "./testing.js";
+export type { AgentRun, RunAgentOptions } from "./testing.js";

@@ -99,9 +99,7 @@ export class Runtime {
   async start(
     request: StartRequest,
   ): Promise<{ invocation: InvocationRecord; created: boolean }> {
-    if (this.closing) {
-      throw new RuntimeError("unavailable", "the gateway is shutting down");
-    }
+    this.refuseWhenClosing();
     const agent = this.agents.get(request.agent);
     if (!agent) {
       throw new RuntimeError("not_found", `agent ${request.agent} not found`);
@@ -205,6 +203,7 @@ export class Runtime {
     id: string,
     reason: string,
   ): Promise<InvocationView> {
+    this.refuseWhenClosing();
     const record = await this.load(tenant, id);
     if (!isTerminal(record.state)) {
       const execution = this.executions.get(id);
@@ -225,6 +224,7 @@ export class Runtime {
     requestId: string,
     value: Json,
   ): Promise<InvocationView> {
+    this.refuseWhenClosing();
     const record = await this.load(tenant, id);
     const execution = this.executions.get(id);
     if (isTerminal(record.state) || !execution) {
@@ -373,6 +373,16 @@ export class Runtime {
       });
     } catch (error) {
       this.log.error({ err: error, invocationId: record.id }, "could not fail an orphaned invocation");
+    }
+  }
+
+  /**
+   * Once closing, nothing changes an invocation: what runs now resumes at
+   * the next start exactly as it was stored.
+   */
+  private refuseWhenClosing(): void {
+    if (this.closing) {
+      throw new RuntimeError("unavailable", "the gateway is shutting down");
     }
   }
 

@@ -109,9 +109,12 @@ export function createGateway(options: GatewayOptions): Gateway {
     },
     close() {
       closing ??= (async () => {
+        // The runtime stops first, so that streams ending below cannot
+        // cancel their invocations (on_disconnect CANCEL): a restart
+        // resumes them instead.
+        await runtime.close();
         shutdown.abort();
         await listener.close();
-        await runtime.close();
         await store.close();
         log.info("stopped");
       })();
