@@ -240,7 +240,8 @@ export class Runtime {
   /**
    * Opens a watch on an invocation: every event after `afterSequence`, then
    * the live ones, until the last. Throws NOT_FOUND before anything is
-   * sent if the tenant has no such invocation.
+   * sent if the tenant has no such invocation, and INVALID_ARGUMENT if
+   * `afterSequence` is past its last event.
    */
   async watch(
     tenant: string,
@@ -248,7 +249,19 @@ export class Runtime {
     afterSequence: number,
     signal: AbortSignal,
   ): Promise<AsyncGenerator<StoredEvent | Heartbeat>> {
-    await this.load(tenant, id);
+    const record = await this.load(tenant, id);
+    // Events are stored before anyone sees them, so a client cannot have
+    // seen a sequence past the stored last one; waiting for it would never end.
+    if (afterSequence > record.lastSequence) {
+      throw new RuntimeError(
+        "invalid_argument",
+        `after_sequence ${afterSequence} is past the last event ${record.lastSequence} of invocation ${id}`,
+      );
+    }
+    // A finished invocation has nothing after its last event: end at once.
+    if (isTerminal(record.state) && afterSequence === record.lastSequence) {
+      return (async function* nothing() {})();
+    }
     return watchEvents({
       store: this.store,
       hub: this.hub,
