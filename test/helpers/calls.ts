@@ -2,7 +2,7 @@ import * as http2 from "node:http2";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { ConnectError, type Client } from "@connectrpc/connect";
 import type { AgentService, Event, Invocation } from "../../gen/agent/v1/agent_pb.js";
 
 /** Helpers for tests that drive a gateway through its clients. */
@@ -23,8 +23,8 @@ export function plain(v: Value | undefined): JsonValue | undefined {
 }
 
 /**
- * The code a call failed with; fails the test if it succeeded. The error is
- * returned too, so the message can be checked.
+ * The error a call failed with, as a ConnectError (its code and message);
+ * throws, failing the test, if the call succeeded.
  */
 export async function failure(
   call: Promise<unknown> | (() => Promise<unknown>),
@@ -116,11 +116,6 @@ export async function eventually<T>(
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(25);
   }
-}
-
-/** Whether an error is the given Connect code (for readable expects). */
-export function isCode(error: unknown, code: Code): boolean {
-  return ConnectError.from(error).code === code;
 }
 
 export interface RawGrpcResponse {
