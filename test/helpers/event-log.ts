@@ -1,17 +1,9 @@
-import { fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
-import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
 import { expect } from "vitest";
 import type { Event } from "../../gen/agent/v1/agent_pb.js";
 
-/** A JSON value as the `google.protobuf.Value` a request carries. */
-export function value(json: JsonValue): Value {
-  return fromJson(ValueSchema, json);
-}
+import { plain as json } from "./calls.js";
 
-/** A `google.protobuf.Value` of a response as plain JSON. */
-export function json(v: Value | undefined): JsonValue | undefined {
-  return v && toJson(ValueSchema, v);
-}
+export { value, plain as json } from "./calls.js";
 
 export type Kind = NonNullable<Event["kind"]["case"]>;
 
