@@ -1,10 +1,53 @@
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 
 /**
  * One typed configuration. Each option comes from, in rising priority: its
- * default, an environment variable, a command-line flag.
+ * default, the configuration file (`--config path`, YAML or JSON, keys as
+ * named here), an environment variable, a command-line flag.
  */
+
+const number = (min: number) => z.coerce.number().int().min(min);
+
+/** "true"/"false"/"1"/"0" from the environment, or a boolean from a file. */
+const boolean = z.union([
+  z.boolean(),
+  z.enum(["true", "false", "1", "0"]).transform((v) => v === "true" || v === "1"),
+]);
+
+/** A comma-separated list from the environment, or a list from a file. */
+const list = z.union([
+  z.array(z.string()),
+  z.string().transform((v) => v.split(",").map((s) => s.trim()).filter(Boolean)),
+]);
+
+export const SCOPES = ["invoke", "read", "cancel", "input", "admin"] as const;
+export type Scope = (typeof SCOPES)[number];
+
+const apiKey = z.strictObject({
+  /** `sha256:<hex>` of the key; the key itself is never stored. */
+  hash: z.string().regex(/^sha256:[0-9a-f]{64}$/, "expected sha256:<64 hex digits>"),
+  tenant: z.string().min(1),
+  scopes: z.array(z.enum(SCOPES)).min(1),
+  /** A name for logs; never the key. */
+  name: z.string().optional(),
+  ratePerSecond: z.number().positive().optional(),
+  burst: z.number().int().positive().optional(),
+});
+export type ApiKeyEntry = z.output<typeof apiKey>;
+
+interface Option {
+  /** The environment variable; none for options only a file can hold. */
+  env?: string;
+  /** False for options only a file can hold. @default true */
+  flag?: boolean;
+  schema: z.ZodType;
+  default: unknown;
+  doc: string;
+}
+
 const OPTIONS = {
   host: {
     env: "HOST",
@@ -14,7 +57,7 @@ const OPTIONS = {
   },
   port: {
     env: "PORT",
-    schema: z.coerce.number().int().min(0).max(65535),
+    schema: number(0).max(65535),
     default: 8080,
     doc: "the TCP port for every protocol; 0 picks a free one",
   },
@@ -44,33 +87,87 @@ const OPTIONS = {
   },
   agents: {
     env: "AGENT_MODULES",
-    schema: z.string(),
-    default: "",
-    doc: "comma-separated modules whose exported agents are hosted besides the built-in ones",
+    schema: list,
+    default: [],
+    doc: "modules (comma-separated) whose exported agents are hosted besides the built-in ones",
   },
   heartbeatMs: {
     env: "HEARTBEAT_MS",
-    schema: z.coerce.number().int().min(100),
+    schema: number(100),
     default: 15_000,
     doc: "a progress stream quiet this long gets a heartbeat",
   },
   maxMessageBytes: {
     env: "MAX_MESSAGE_BYTES",
-    schema: z.coerce.number().int().min(1024),
+    schema: number(1024),
     default: 4 * 1024 * 1024,
     doc: "the largest request message; larger is RESOURCE_EXHAUSTED",
   },
   maxConcurrentStreams: {
     env: "MAX_CONCURRENT_STREAMS",
-    schema: z.coerce.number().int().min(1),
+    schema: number(1),
     default: 256,
     doc: "HTTP/2 streams one connection may have open at once",
   },
   maxTimeoutMs: {
     env: "MAX_TIMEOUT_MS",
-    schema: z.coerce.number().int().min(0),
+    schema: number(0),
     default: 24 * 60 * 60 * 1000,
     doc: "the longest RPC deadline a client may ask for; 0 for no cap",
+  },
+  shutdownGraceMs: {
+    env: "SHUTDOWN_GRACE_MS",
+    schema: number(0),
+    default: 30_000,
+    doc: "on SIGTERM, how long running invocations may finish before they are stopped to resume at the next start",
+  },
+  apiKeys: {
+    flag: false,
+    schema: z.array(apiKey),
+    default: [],
+    doc: "API keys (file only): list of {hash, tenant, scopes, name?, ratePerSecond?, burst?}; make one with `agent-gateway keys create`",
+  },
+  allowUnauthenticated: {
+    env: "ALLOW_UNAUTHENTICATED",
+    schema: boolean,
+    default: false,
+    doc: "with no API keys, serve every caller as tenant `default` even on a non-loopback address",
+  },
+  ratePerSecond: {
+    env: "RATE_PER_SECOND",
+    schema: z.coerce.number().positive(),
+    default: 50,
+    doc: "requests a second each key may make on average, unless its entry says otherwise",
+  },
+  rateBurst: {
+    env: "RATE_BURST",
+    schema: number(1),
+    default: 100,
+    doc: "requests each key may make at once, unless its entry says otherwise",
+  },
+  maxRunningInvocations: {
+    env: "MAX_RUNNING_INVOCATIONS",
+    schema: number(1),
+    default: 1000,
+    doc: "invocations running at once in this process; past it starts are RESOURCE_EXHAUSTED",
+  },
+  maxRunningPerTenant: {
+    env: "MAX_RUNNING_PER_TENANT",
+    schema: number(1),
+    default: 100,
+    doc: "invocations one tenant may have running at once",
+  },
+  corsOrigins: {
+    env: "CORS_ORIGINS",
+    schema: list,
+    default: [],
+    doc: "origins (comma-separated) browsers may call from; `*` allows any",
+  },
+  otlpEndpoint: {
+    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    schema: z.string(),
+    default: "",
+    doc: "OTLP/HTTP base URL traces are exported to (the standard OTEL_EXPORTER_OTLP_* variables apply); empty: no export",
   },
   logLevel: {
     env: "LOG_LEVEL",
@@ -78,12 +175,12 @@ const OPTIONS = {
     default: "info",
     doc: "the least severe level that is logged",
   },
-} as const;
+} satisfies Record<string, Option>;
 
 type Options = typeof OPTIONS;
 
 export type Config = {
-  [K in keyof Options]: z.output<Options[K]["schema"]>;
+  -readonly [K in keyof Options]: z.output<Options[K]["schema"]>;
 };
 
 /** The flag of an option: `maxMessageBytes` is `--max-message-bytes`. */
@@ -91,55 +188,124 @@ function flagOf(key: string): string {
   return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 }
 
+function hasFlag(option: Option): boolean {
+  return option.flag !== false;
+}
+
 export class ConfigError extends Error {
   override readonly name = "ConfigError";
 }
 
+export interface LoadedConfig {
+  config: Config;
+  help: boolean;
+  /** The file the configuration was read from, if any. */
+  file?: string;
+}
+
 /**
- * Reads the configuration from flags and environment. Throws ConfigError
- * naming the option and what it expected when a value does not fit.
+ * Reads the configuration. Throws ConfigError naming the option, where its
+ * value came from and what was expected, when a value does not fit.
  */
 export function loadConfig(
   argv: string[] = process.argv.slice(2),
   env: NodeJS.ProcessEnv = process.env,
-): Config & { help: boolean } {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      help: { type: "boolean", short: "h" },
-      ...Object.fromEntries(
-        Object.keys(OPTIONS).map((key) => [flagOf(key), { type: "string" as const }]),
-      ),
-    },
-    strict: true,
-  });
-  const flags = values as Record<string, string | boolean | undefined>;
-  const config: Record<string, unknown> = { help: flags.help === true };
-  for (const [key, option] of Object.entries(OPTIONS)) {
-    const flag = flagOf(key);
-    const fromFlag = flags[flag];
-    const raw = typeof fromFlag === "string" ? fromFlag : env[option.env];
-    const source = fromFlag !== undefined ? `--${flag}` : option.env;
-    if (raw === undefined || raw === "") {
+): LoadedConfig {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        help: { type: "boolean", short: "h" },
+        config: { type: "string" },
+        ...Object.fromEntries(
+          Object.entries(OPTIONS as Record<string, Option>)
+            .filter(([, option]) => hasFlag(option))
+            .map(([key]) => [flagOf(key), { type: "string" as const }]),
+        ),
+      },
+      strict: true,
+    });
+  } catch (error) {
+    throw new ConfigError(error instanceof Error ? error.message : String(error));
+  }
+  const flags = parsed.values as Record<string, string | boolean | undefined>;
+  const file = (flags.config as string | undefined) ?? (env.CONFIG_FILE || undefined);
+  const fromFile = file ? readConfigFile(file) : {};
+
+  const config: Record<string, unknown> = {};
+  for (const [key, option] of Object.entries(OPTIONS as Record<string, Option>)) {
+    const flag = hasFlag(option) ? flags[flagOf(key)] : undefined;
+    const fromEnv = option.env ? env[option.env] : undefined;
+    let raw: unknown;
+    let source: string;
+    if (typeof flag === "string") {
+      [raw, source] = [flag, `--${flagOf(key)}`];
+    } else if (fromEnv !== undefined && fromEnv !== "") {
+      [raw, source] = [fromEnv, option.env!];
+    } else if (key in fromFile) {
+      [raw, source] = [fromFile[key], `${file}: ${key}`];
+    } else {
       config[key] = option.default;
       continue;
     }
-    const parsed = option.schema.safeParse(raw);
-    if (!parsed.success) {
-      const why = parsed.error.issues[0]?.message ?? "invalid value";
-      throw new ConfigError(`${source}=${JSON.stringify(raw)}: ${why}`);
+    const result = option.schema.safeParse(raw);
+    if (!result.success) {
+      const issue = result.error.issues[0];
+      const where = issue && issue.path.length > 0 ? `.${issue.path.join(".")}` : "";
+      throw new ConfigError(`${source}${where}: ${issue?.message ?? "invalid value"}`);
     }
-    config[key] = parsed.data;
+    config[key] = result.data;
   }
-  return config as Config & { help: boolean };
+  return { config: config as Config, help: flags.help === true, file };
+}
+
+function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (error) {
+    throw new ConfigError(`--config ${path}: ${(error as Error).message}`);
+  }
+  let content: unknown;
+  try {
+    // YAML is a superset of JSON, so one parser reads both.
+    content = parseYaml(text);
+  } catch (error) {
+    throw new ConfigError(`${path}: not valid YAML or JSON: ${(error as Error).message}`);
+  }
+  if (content === null || content === undefined) return {};
+  if (typeof content !== "object" || Array.isArray(content)) {
+    throw new ConfigError(`${path}: expected a mapping of options`);
+  }
+  for (const key of Object.keys(content)) {
+    if (!(key in OPTIONS)) {
+      throw new ConfigError(`${path}: ${key} is not an option (see --help)`);
+    }
+  }
+  return content as Record<string, unknown>;
 }
 
 /** Every option with its flag, variable and default, for `--help`. */
 export function describeOptions(): string {
-  const lines = ["Usage: agent-gateway [options]", "", "Options:"];
-  for (const [key, option] of Object.entries(OPTIONS)) {
+  const lines = [
+    "Usage: agent-gateway [options]",
+    "       agent-gateway keys create --tenant T --scopes a,b [--rate-per-second N --burst M]",
+    "",
+    "Each option comes from its default < the --config file (YAML or JSON,",
+    "keys as below in camelCase) < its environment variable < its flag.",
+    "",
+    "Options:",
+    "  --config <path> (CONFIG_FILE)",
+    "      a YAML or JSON file of options",
+  ];
+  for (const [key, option] of Object.entries(OPTIONS as Record<string, Option>)) {
+    const names = [
+      hasFlag(option) ? `--${flagOf(key)}` : `${key} (file only)`,
+      option.env ? `(${option.env})` : "",
+    ].filter(Boolean);
     lines.push(
-      `  --${flagOf(key)} (${option.env}, default ${JSON.stringify(option.default)})`,
+      `  ${names.join(" ")} default ${JSON.stringify(option.default)}`,
       `      ${option.doc}`,
     );
   }
@@ -149,5 +315,5 @@ export function describeOptions(): string {
 
 /** The defaults, for tests and embedding. */
 export function defaultConfig(): Config {
-  return loadConfig([], {});
+  return loadConfig([], {}).config;
 }

@@ -5,26 +5,26 @@ import { createLogger } from "./telemetry/logger.js";
 
 /** Starts agent-gateway from the command line; exits non-zero on failure. */
 async function main(): Promise<void> {
-  let config;
+  let loaded;
   try {
-    config = loadConfig();
+    loaded = loadConfig();
   } catch (error) {
-    if (error instanceof ConfigError || error instanceof TypeError) {
-      process.stderr.write(`agent-gateway: ${error.message}\n\n${describeOptions()}\n`);
+    if (error instanceof ConfigError) {
+      process.stderr.write(`agent-gateway: ${error.message}\n(see --help)\n`);
       process.exit(2);
     }
     throw error;
   }
-  if (config.help) {
+  if (loaded.help) {
     process.stdout.write(`${describeOptions()}\n`);
     return;
   }
+  const { config } = loaded;
   const log = createLogger(config.logLevel);
-  const modules = config.agents.split(",").map((p) => p.trim()).filter(Boolean);
   const gateway = createGateway({
     config,
     logger: log,
-    agents: await loadAgentModules(modules),
+    agents: await loadAgentModules(config.agents),
   });
 
   let stopping = false;
