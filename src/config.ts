@@ -26,7 +26,8 @@ const list = z.union([
 export const SCOPES = ["invoke", "read", "cancel", "input", "admin"] as const;
 export type Scope = (typeof SCOPES)[number];
 
-const apiKey = z.strictObject({
+/** One entry of `apiKeys`, as `agent-gateway keys create` prints it. */
+export const apiKeySchema = z.strictObject({
   /** `sha256:<hex>` of the key; the key itself is never stored. */
   hash: z.string().regex(/^sha256:[0-9a-f]{64}$/, "expected sha256:<64 hex digits>"),
   tenant: z.string().min(1),
@@ -36,7 +37,7 @@ const apiKey = z.strictObject({
   ratePerSecond: z.number().positive().optional(),
   burst: z.number().int().positive().optional(),
 });
-export type ApiKeyEntry = z.output<typeof apiKey>;
+export type ApiKeyEntry = z.output<typeof apiKeySchema>;
 
 interface Option {
   /** The environment variable; none for options only a file can hold. */
@@ -123,7 +124,7 @@ const OPTIONS = {
   },
   apiKeys: {
     flag: false,
-    schema: z.array(apiKey),
+    schema: z.array(apiKeySchema),
     default: [],
     doc: "API keys (file only): list of {hash, tenant, scopes, name?, ratePerSecond?, burst?}; make one with `agent-gateway keys create`",
   },
@@ -149,13 +150,13 @@ const OPTIONS = {
     env: "MAX_RUNNING_INVOCATIONS",
     schema: number(1),
     default: 1000,
-    doc: "invocations running at once in this process; past it starts are RESOURCE_EXHAUSTED",
+    doc: "invocations running at once in this process (waiting for input counts); past it starts are RESOURCE_EXHAUSTED",
   },
   maxRunningPerTenant: {
     env: "MAX_RUNNING_PER_TENANT",
     schema: number(1),
     default: 100,
-    doc: "invocations one tenant may have running at once",
+    doc: "invocations one tenant may have running at once (waiting for input counts)",
   },
   corsOrigins: {
     env: "CORS_ORIGINS",

@@ -8,10 +8,11 @@ interface Pending {
 }
 
 /**
- * Group commit: every change enqueued in the same turn of the event loop is
- * written in one store transaction, then its events are published. So an
- * event is never seen before it is stored, and a burst of chunks costs one
- * commit, not one each.
+ * Group commit: every change enqueued while one write is under way, or in
+ * the same task, goes to the store in one write (the SQLite store also
+ * commits every write of one turn of the event loop in one transaction),
+ * then its events are published. So an event is never seen before it is
+ * stored, and a burst of chunks costs one commit, not one each.
  */
 export class CommitQueue {
   private pending: Pending[] = [];
@@ -42,13 +43,17 @@ export class CommitQueue {
   private schedule(): void {
     if (this.scheduled || this.flushing) return;
     this.scheduled = true;
-    setImmediate(() => {
+    const run = () => {
       this.scheduled = false;
       this.flushing = this.flush().finally(() => {
         this.flushing = undefined;
         if (this.pending.length > 0) this.schedule();
       });
-    });
+    };
+    // A microtask, not setImmediate: the store groups writes of one turn
+    // of the event loop itself (see createSqliteStore), and a second wait
+    // for the next turn here would only add latency to every commit.
+    queueMicrotask(run);
   }
 
   private async flush(): Promise<void> {

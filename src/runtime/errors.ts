@@ -16,12 +16,16 @@ export type RuntimeErrorCode =
 /** A refusal with a code a client can act on and a message it can read. */
 export class RuntimeError extends Error {
   override readonly name = "RuntimeError";
+  /** For a refusal that passes (resource_exhausted): when to try again. */
+  readonly retryAfterMs: number | undefined;
 
   constructor(
     readonly code: RuntimeErrorCode,
     message: string,
+    options: { retryAfterMs?: number } = {},
   ) {
     super(message);
+    this.retryAfterMs = options.retryAfterMs;
   }
 }
 

@@ -15,7 +15,14 @@ export type Delivery =
 export class Subscription {
   private buffer: StoredEvent[] = [];
   private overflowed = false;
-  private wake: (() => void) | undefined;
+  private wake: ((woke: boolean) => void) | undefined;
+  // A watcher waits once per event: one timer and one abort listener per
+  // subscription, re-armed at each wait, cost less than new ones each time.
+  private quietTimer: NodeJS.Timeout | undefined;
+  private quietMs = 0;
+  private signal: AbortSignal | undefined;
+  private readonly onAbort = () => this.settle(false);
+  private readonly onQuiet = () => this.settle(false);
 
   constructor(
     private readonly capacity: number,
@@ -31,19 +38,23 @@ export class Subscription {
     } else {
       this.buffer.push(event);
     }
-    this.wake?.();
+    this.settle(true);
   }
 
-  /** Waits up to `quietMs` for the next delivery. */
+  /**
+   * Waits up to `quietMs` for the next delivery. What was published before
+   * the signal fired is delivered first: a gateway that shuts down right
+   * after an invocation's last event still sends it.
+   */
   async next(quietMs: number, signal: AbortSignal): Promise<Delivery> {
     for (;;) {
-      if (signal.aborted) return { kind: "aborted" };
       if (this.overflowed) {
         this.overflowed = false;
         return { kind: "overflow" };
       }
       const event = this.buffer.shift();
       if (event) return { kind: "event", event };
+      if (signal.aborted) return { kind: "aborted" };
       const woke = await this.waitForPush(quietMs, signal);
       if (!woke) return signal.aborted ? { kind: "aborted" } : { kind: "quiet" };
     }
@@ -51,22 +62,35 @@ export class Subscription {
 
   close(): void {
     this.buffer = [];
+    clearTimeout(this.quietTimer);
+    this.signal?.removeEventListener("abort", this.onAbort);
     this.unsubscribe();
   }
 
+  /** Resolves true on a push, false on `ms` of quiet or the signal. */
   private waitForPush(ms: number, signal: AbortSignal): Promise<boolean> {
-    return new Promise((resolve) => {
-      const done = (woke: boolean) => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", onAbort);
-        this.wake = undefined;
-        resolve(woke);
-      };
-      const onAbort = () => done(false);
-      const timer = setTimeout(() => done(false), ms);
-      signal.addEventListener("abort", onAbort, { once: true });
-      this.wake = () => done(true);
-    });
+    if (signal !== this.signal) {
+      this.signal?.removeEventListener("abort", this.onAbort);
+      signal.addEventListener("abort", this.onAbort, { once: true });
+      this.signal = signal;
+    }
+    // The quiet time counts from now; a timer that fired while nobody
+    // waited is armed again (refresh() does both).
+    if (this.quietTimer && ms === this.quietMs) {
+      this.quietTimer.refresh();
+    } else {
+      clearTimeout(this.quietTimer);
+      this.quietTimer = setTimeout(this.onQuiet, ms);
+      this.quietMs = ms;
+    }
+    return new Promise((resolve) => (this.wake = resolve));
+  }
+
+  private settle(woke: boolean): void {
+    const wake = this.wake;
+    if (!wake) return;
+    this.wake = undefined;
+    wake(woke);
   }
 }
 

@@ -3,6 +3,7 @@ import { z } from "zod";
 import type { Agent, NodeContext, NodeSpec } from "./agent.js";
 import type { CommitQueue } from "./commit-queue.js";
 import { RuntimeError, messageOf } from "./errors.js";
+import type { RunObserver } from "./observer.js";
 import type { InvocationChange, Store } from "../store/store.js";
 import type {
   EventBody,
@@ -24,6 +25,8 @@ export interface ExecutionOptions {
   maxConcurrentNodes: number;
   /** Chunks of one invocation that may wait to be stored at once. */
   maxPendingChunks: number;
+  /** Sees every change this run writes, and its stop. */
+  observer: RunObserver;
 }
 
 /** A node running now, on one task (or, for an aggregate, several). */
@@ -96,6 +99,11 @@ export class Execution {
     return this.done;
   }
 
+  /** True while every running node waits for input. */
+  get waitingForInput(): boolean {
+    return this.state === "waiting_for_input";
+  }
+
   /** Loads what is stored of the invocation and starts running it. */
   async start(): Promise<void> {
     const { store } = this.options;
@@ -141,6 +149,7 @@ export class Execution {
     if (this.stopped) return;
     this.stopped = true;
     this.ending = true;
+    this.options.observer.stopped();
     clearTimeout(this.deadlineTimer);
     this.abortAll("the gateway is stopping");
     this.settle({ ...this.record });
@@ -562,6 +571,7 @@ export class Execution {
   private async write(change: Omit<InvocationChange, "invocationId">) {
     if (this.stopped) throw new Stopped("the gateway is stopping");
     if (change.set?.state) this.state = change.set.state;
+    this.options.observer.change(change);
     try {
       await this.options.queue.enqueue({ invocationId: this.record.id, ...change });
     } catch (error) {

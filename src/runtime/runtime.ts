@@ -1,10 +1,12 @@
 import { randomUUID } from "node:crypto";
 import type { AgentRegistry } from "./registry.js";
+import { Admission, type AdmissionOptions } from "./admission.js";
 import { CommitQueue } from "./commit-queue.js";
 import { RuntimeError } from "./errors.js";
 import { EventHub } from "./event-hub.js";
 import { Execution, formatIssues } from "./execution.js";
 import { canonicalJson } from "./json.js";
+import { noObserver, type RunObserver, type RuntimeObserver } from "./observer.js";
 import { watchEvents, type Heartbeat } from "./watch.js";
 import {
   InvalidCursorError,
@@ -21,6 +23,7 @@ import {
   type OnDisconnect,
   type StoredEvent,
 } from "../store/types.js";
+import type { Context } from "@opentelemetry/api";
 import { silentLogger, type Logger } from "../telemetry/logger.js";
 
 export interface RuntimeOptions {
@@ -39,6 +42,10 @@ export interface RuntimeOptions {
   maxConcurrentNodes?: number;
   /** Chunks of one invocation waiting to be stored at once. @default 10000 */
   maxPendingChunks?: number;
+  /** Told about every run, for traces and metrics. @default observes nothing */
+  observer?: RuntimeObserver;
+  /** Caps on running invocations, in total and per tenant. @default none */
+  admission?: AdmissionOptions;
 }
 
 export interface StartRequest {
@@ -50,6 +57,8 @@ export interface StartRequest {
   timeoutMs?: number;
   metadata?: Record<string, string>;
   onDisconnect?: OnDisconnect;
+  /** The caller's trace context: the invocation's span is its child. */
+  traceContext?: Context;
 }
 
 /** An invocation with the input requests it waits on. */
@@ -74,7 +83,10 @@ export class Runtime {
   private readonly watchBufferSize: number;
   private readonly maxConcurrentNodes: number;
   private readonly maxPendingChunks: number;
+  private readonly observer: RuntimeObserver;
+  private readonly admission: Admission;
   private closing: Promise<void> | undefined;
+  private draining = false;
 
   constructor(options: RuntimeOptions) {
     this.store = options.store;
@@ -84,6 +96,8 @@ export class Runtime {
     this.watchBufferSize = options.watchBufferSize ?? 256;
     this.maxConcurrentNodes = options.maxConcurrentNodes ?? 16;
     this.maxPendingChunks = options.maxPendingChunks ?? 10_000;
+    this.observer = options.observer ?? noObserver;
+    this.admission = new Admission(options.admission);
     this.queue = new CommitQueue(this.store, this.hub);
   }
 
@@ -100,6 +114,12 @@ export class Runtime {
     request: StartRequest,
   ): Promise<{ invocation: InvocationRecord; created: boolean }> {
     this.refuseWhenClosing();
+    if (this.draining) {
+      throw new RuntimeError(
+        "unavailable",
+        "the gateway is shutting down; retry on another instance",
+      );
+    }
     const agent = this.agents.get(request.agent);
     if (!agent) {
       throw new RuntimeError("not_found", `agent ${request.agent} not found`);
@@ -121,6 +141,9 @@ export class Runtime {
     if (request.timeoutMs !== undefined && !(request.timeoutMs > 0)) {
       throw new RuntimeError("invalid_argument", "timeout must be positive");
     }
+    // Counted before the first await, so that racing starts cannot pass
+    // the cap together; given back if nothing new runs.
+    const slot = this.admission.reserve(request.tenant);
     const input = parsed.data as Json;
     const now = Date.now();
     const invocation: InvocationRecord = {
@@ -139,6 +162,11 @@ export class Runtime {
       createdAt: now,
       updatedAt: now,
     };
+    const run = this.observer.begin(invocation, {
+      resumed: false,
+      traceContext: request.traceContext,
+    });
+    if (run.traceId !== undefined) invocation.traceId = run.traceId;
     const started: StoredEvent = {
       invocationId: invocation.id,
       sequence: 1,
@@ -157,8 +185,12 @@ export class Runtime {
         attempt: 0,
         createdAt: now,
       },
+    }).catch((error: unknown) => {
+      slot.release();
+      throw error;
     });
     if (!result.created) {
+      slot.release();
       const existing = result.invocation;
       if (
         existing.agent !== invocation.agent ||
@@ -171,8 +203,10 @@ export class Runtime {
       }
       return result;
     }
+    run.change({ set: { state: invocation.state }, events: [started] });
     this.hub.publish(started);
-    this.launch(result.invocation);
+    this.launch(result.invocation, run);
+    slot.releaseWhen(this.executions.get(result.invocation.id)?.finished);
     return result;
   }
 
@@ -315,13 +349,50 @@ export class Runtime {
    */
   async resume(): Promise<number> {
     const unfinished = await this.store.listUnfinished();
+    // Stopped meanwhile: what is unfinished stays so for the next start.
+    if (this.closing) return 0;
     for (const record of unfinished) {
-      if (!this.executions.has(record.id)) this.launch(record);
+      if (!this.executions.has(record.id)) {
+        this.launch(record, this.observer.begin(record, { resumed: true }));
+        // Accepted before the restart: counted, never refused.
+        const slot = this.admission.count(record.tenant);
+        slot.releaseWhen(this.executions.get(record.id)?.finished);
+      }
     }
     if (unfinished.length > 0) {
       this.log.info({ count: unfinished.length }, "resuming invocations");
     }
     return unfinished.length;
+  }
+
+  /**
+   * Refuses new starts from now on (UNAVAILABLE) while running invocations
+   * go on, and resolves once none of them is busy, or after `graceMs`,
+   * whichever is first. An invocation waiting for input is not busy: a
+   * person may take hours to answer, and stopping it loses nothing (it asks
+   * again after the restart). Cancel, input and reads keep working. Returns
+   * how many invocations are still busy; close() stops them.
+   */
+  async drain(graceMs: number): Promise<number> {
+    this.draining = true;
+    const deadline = Date.now() + graceMs;
+    for (;;) {
+      const busy = [...this.executions.values()].filter((e) => !e.waitingForInput);
+      const left = deadline - Date.now();
+      if (busy.length === 0 || left <= 0) return busy.length;
+      // Look again when one of them ends or changes state (an answer makes
+      // a waiting one busy again, a question makes a busy one wait).
+      await new Promise<void>((resolve) => {
+        const unlisten = busy.map((e) => this.hub.onState(e.id, wake));
+        const timer = setTimeout(wake, left);
+        for (const e of busy) void e.finished.then(wake);
+        function wake() {
+          clearTimeout(timer);
+          for (const stop of unlisten) stop();
+          resolve();
+        }
+      });
+    }
   }
 
   /**
@@ -337,7 +408,7 @@ export class Runtime {
     return this.closing;
   }
 
-  private launch(record: InvocationRecord): void {
+  private launch(record: InvocationRecord, observer: RunObserver): void {
     const agent = this.agents.get(record.agent);
     if (!agent) {
       void this.failOrphan(record);
@@ -350,6 +421,7 @@ export class Runtime {
       logger: this.log,
       maxConcurrentNodes: this.maxConcurrentNodes,
       maxPendingChunks: this.maxPendingChunks,
+      observer,
     });
     this.executions.set(record.id, execution);
     void execution.finished.then(() => {

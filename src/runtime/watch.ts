@@ -29,7 +29,8 @@ export interface WatchOptions {
 /**
  * Every event of an invocation after `afterSequence`, in order, with no gap
  * and no duplicate: stored events first, then live ones, ending after the
- * terminal event (or when the signal fires).
+ * terminal event (or when the signal fires, once it has sent the events
+ * already stored or published then).
  *
  * Why there is no gap: the subscription opens before the store is read, and
  * events are published only after they are stored. So an event is either
@@ -48,8 +49,9 @@ export async function* watchEvents(
       // Catch up from the store until it has nothing newer.
       for (;;) {
         const page = await store.readEvents(invocationId, last, pageSize);
+        // Not stopped by the signal: what is stored is sent (see
+        // Subscription.next); a client that has gone ends the stream anyway.
         for (const event of page) {
-          if (signal.aborted) return;
           yield event;
           last = event.sequence;
           if (isTerminalEvent(event.body)) return;

@@ -21,6 +21,7 @@ import {
 } from "./convert.js";
 import { toConnectError } from "./errors.js";
 import { tenantOf } from "./tenant.js";
+import { traceContextOf } from "./trace-context.js";
 
 /** The response header that carries the id of a started invocation. */
 export const INVOCATION_ID_HEADER = "agent-invocation-id";
@@ -105,6 +106,7 @@ export function createAgentService(
           ended = isTerminalEvent(event.body);
           yield { event: eventToProto(event) };
         }
+        if (!ended) throwServerAbort(ctx);
       } finally {
         if (!ended && invocation.onDisconnect === "cancel") {
           await cancelOnDisconnect(tenant, invocation.id);
@@ -123,11 +125,14 @@ export function createAgentService(
         Number(request.afterSequence),
         ctx.signal,
       );
+      let ended = false;
       for await (const event of events) {
+        if (!("heartbeat" in event)) ended = isTerminalEvent(event.body);
         yield {
           event: "heartbeat" in event ? heartbeatToProto(id, event) : eventToProto(event),
         };
       }
+      if (!ended) throwServerAbort(ctx);
     },
 
     async getInvocation(request, ctx) {
@@ -199,7 +204,20 @@ function startRequest(
     timeoutMs: request.timeout ? durationToMs(request.timeout) : undefined,
     metadata: request.metadata,
     onDisconnect: onDisconnectFromProto(request.onDisconnect),
+    traceContext: traceContextOf(ctx),
   };
+}
+
+/**
+ * A progress stream that stops before the invocation's end because the
+ * server aborted the RPC (its deadline passed, or the gateway is shutting
+ * down: UNAVAILABLE) ends with that error, not OK, so that the client
+ * knows the log is not complete and watches again after its last sequence.
+ */
+function throwServerAbort(ctx: HandlerContext): void {
+  if (ctx.signal.aborted && ctx.signal.reason instanceof ConnectError) {
+    throw ctx.signal.reason;
+  }
 }
 
 function requireId(id: string): string {

@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { RuntimeError, type RuntimeErrorCode } from "../runtime/errors.js";
 import type { Logger } from "../telemetry/logger.js";
+import { retryLater } from "./retry.js";
 
 const CODES: Record<RuntimeErrorCode, Code> = {
   not_found: Code.NotFound,
@@ -21,6 +22,11 @@ const CODES: Record<RuntimeErrorCode, Code> = {
 export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof RuntimeError) {
+    if (error.retryAfterMs !== undefined) {
+      return retryLater(error.message, error.retryAfterMs, {
+        code: CODES[error.code],
+      });
+    }
     return new ConnectError(error.message, CODES[error.code]);
   }
   log.error({ err: error }, "unexpected error in a handler");

@@ -12,6 +12,7 @@ import { AgentService } from "../../gen/agent/v1/agent_pb.js";
 import { defaultConfig, type Config } from "../../src/config.js";
 import type { Agent } from "../../src/runtime/index.js";
 import { createGateway, type Gateway } from "../../src/server/gateway.js";
+import type { Logger } from "../../src/telemetry/logger.js";
 
 /** A gateway on a free loopback port with its own data directory. */
 export interface TestGateway {
@@ -41,6 +42,8 @@ export async function startGateway(
     agents?: Agent[];
     /** Live events buffered per watch stream; small to test overflow. */
     watchBufferSize?: number;
+    /** @default a logger that writes nothing */
+    logger?: Logger;
   } = {},
 ): Promise<TestGateway> {
   const dataDir = await mkdtemp(join(tmpdir(), "agent-gateway-test-"));
@@ -49,12 +52,21 @@ export async function startGateway(
     port: 0,
     dataDir,
     sqliteSynchronous: "normal",
+    // close() stops running invocations at once, as before graceful
+    // shutdown existed; tests of the grace set their own.
+    shutdownGraceMs: 0,
+    // Tests make hundreds of calls a second as tenant default; the rate
+    // limit is not what they test, so it is out of their way. Rate-limit
+    // tests set their own.
+    ratePerSecond: 1_000_000,
+    rateBurst: 1_000_000,
     ...options.config,
   };
   const gateway = createGateway({
     config,
     agents: options.agents,
     watchBufferSize: options.watchBufferSize,
+    logger: options.logger,
   });
   const address = await gateway.start();
   const baseUrl = `http://127.0.0.1:${address.port}`;

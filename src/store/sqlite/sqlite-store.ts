@@ -47,9 +47,12 @@ export interface SqliteStoreOptions {
  * Opens (creating and migrating if needed) a SQLite store. A file database
  * runs in WAL mode, so readers in other processes do not block the writer.
  *
- * better-sqlite3 is synchronous: each method does its work before its
- * promise is returned, and blocks the event loop for that long. Each write
- * is one short immediate transaction.
+ * better-sqlite3 is synchronous: a read does its work before its promise
+ * is returned, and blocks the event loop for that long. Writes (creates
+ * and changes) are group-committed: those made in the same turn of the
+ * event loop share one immediate transaction, so one fsync, each in its own
+ * savepoint, so that one failing write is refused alone. A write's promise
+ * settles only once that transaction has committed.
  */
 export function createSqliteStore(options: SqliteStoreOptions): Store {
   return new SqliteStore(options);
@@ -60,6 +63,16 @@ const UNFINISHED = "('queued', 'running', 'waiting_for_input')";
 const LIST_FILTERS = `tenant = @tenant
   AND (@agent IS NULL OR agent = @agent)
   AND (@states IS NULL OR state IN (SELECT value FROM json_each(@states)))`;
+
+/** A write waiting for the next group commit. */
+interface PendingWrite {
+  /** Does the write; runs inside the batch transaction. */
+  run: () => unknown;
+  resolve: (value: unknown) => void;
+  reject: (error: unknown) => void;
+}
+
+type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
 
 interface InvocationRow {
   id: string;
@@ -116,8 +129,12 @@ interface InputRequestRow {
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly sql: ReturnType<typeof prepareStatements>;
-  private readonly createTx: (init: NewInvocation) => CreateResult;
-  private readonly writeTx: (changes: InvocationChange[]) => void;
+  /** Runs its argument as a savepoint inside the batch transaction. */
+  private readonly savepoint: (run: () => unknown) => unknown;
+  /** Runs a batch of writes in one immediate transaction. */
+  private readonly batchTx: (batch: PendingWrite[]) => Outcome[];
+  private pending: PendingWrite[] = [];
+  private flushScheduled = false;
 
   constructor(options: SqliteStoreOptions) {
     const memory = options.path === ":memory:";
@@ -135,24 +152,32 @@ export class SqliteStore implements Store {
       this.db.close();
       throw err;
     }
+    // A transaction function called inside another transaction runs as a
+    // savepoint: a throw rolls back its own changes only.
+    this.savepoint = this.db.transaction((run: () => unknown) => run());
+    const batch = this.db.transaction((writes: PendingWrite[]) =>
+      writes.map((w): Outcome => {
+        try {
+          return { ok: true, value: this.savepoint(w.run) };
+        } catch (error) {
+          return { ok: false, error };
+        }
+      }),
+    );
     // Immediate: take the write lock at BEGIN, so a second process waits on
     // busy_timeout instead of failing when a read lock would be upgraded.
-    const create = this.db.transaction((init: NewInvocation) =>
-      this.createNow(init),
-    );
-    const write = this.db.transaction((changes: InvocationChange[]) => {
-      for (const change of changes) this.applyNow(change);
-    });
-    this.createTx = (init) => create.immediate(init);
-    this.writeTx = (changes) => write.immediate(changes);
+    this.batchTx = (writes) => batch.immediate(writes);
   }
 
-  async createInvocation(init: NewInvocation): Promise<CreateResult> {
-    return this.createTx(init);
+  createInvocation(init: NewInvocation): Promise<CreateResult> {
+    return this.enqueue(() => this.createNow(init));
   }
 
   async write(changes: InvocationChange[]): Promise<void> {
-    if (changes.length > 0) this.writeTx(changes);
+    if (changes.length === 0) return;
+    await this.enqueue(() => {
+      for (const change of changes) this.applyNow(change);
+    });
   }
 
   async getInvocation(id: string): Promise<InvocationRecord | undefined> {
@@ -220,7 +245,47 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    // Writes already made are committed, not dropped.
+    this.flush();
     if (this.db.open) this.db.close();
+  }
+
+  /** Queues a write for the next group commit. */
+  private enqueue<T>(run: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.pending.push({
+        run,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+      });
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        // After this turn's I/O callbacks: every write they make joins in.
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  /** Commits every queued write in one transaction, then settles them. */
+  private flush(): void {
+    this.flushScheduled = false;
+    const writes = this.pending;
+    if (writes.length === 0) return;
+    this.pending = [];
+    let outcomes: Outcome[];
+    try {
+      if (!this.db.open) throw new Error("the store is closed");
+      outcomes = this.batchTx(writes);
+    } catch (error) {
+      // BEGIN or COMMIT failed: nothing of the batch was stored.
+      for (const w of writes) w.reject(error);
+      return;
+    }
+    writes.forEach((w, i) => {
+      const outcome = outcomes[i]!;
+      if (outcome.ok) w.resolve(outcome.value);
+      else w.reject(outcome.error);
+    });
   }
 
   /** Runs inside the create transaction. */

@@ -1,0 +1,186 @@
+import { createHash } from "node:crypto";
+import {
+  DiagLogLevel,
+  diag,
+  type Context,
+  type Span,
+  type SpanOptions,
+  type Tracer,
+} from "@opentelemetry/api";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import {
+  defaultResource,
+  detectResources,
+  envDetector,
+  resourceFromAttributes,
+} from "@opentelemetry/resources";
+import {
+  AlwaysOffSampler,
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  RandomIdGenerator,
+  type IdGenerator,
+} from "@opentelemetry/sdk-trace-base";
+import type { Logger } from "./logger.js";
+
+export interface TracingOptions {
+  /**
+   * OTLP/HTTP base URL (`config.otlpEndpoint`); spans go to `<it>/v1/traces`.
+   * OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, when set, wins, as the OTel
+   * specification says. @default "": no export unless the environment says
+   */
+  endpoint?: string;
+  /** Where the standard OTEL_* variables are read. @default process.env */
+  env?: NodeJS.ProcessEnv;
+  /** Failed exports are logged here at warn. @default nowhere */
+  logger?: Logger;
+}
+
+/** The tracer of one gateway and what it exports to. */
+export interface Tracing {
+  readonly tracer: Tracer;
+  /** The OTLP/HTTP URL spans are posted to; undefined when not exporting. */
+  readonly exportUrl: string | undefined;
+  /**
+   * Starts a span with the given span id instead of a random one: the span
+   * of an invocation's first run gets one derived from the invocation id
+   * (see spanIdOf), so that a run resumed after a restart can link to it
+   * knowing only the stored trace id.
+   */
+  startSpanWithId(
+    spanId: string,
+    name: string,
+    options: SpanOptions,
+    context: Context,
+  ): Span;
+  /** Exports what is buffered, then stops. Every call returns the same promise. */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * Sets up tracing for one gateway. Without an endpoint nothing is recorded
+ * or exported: spans still carry trace ids (so invocations record one and
+ * an incoming traceparent is continued), but the sampler drops them at
+ * creation, which costs an id and an object per span and nothing else.
+ */
+export function createTracing(options: TracingOptions = {}): Tracing {
+  const env = options.env ?? process.env;
+  const url = exportUrlOf(options.endpoint ?? "", env);
+  const ids = new ChosenSpanIds();
+  const resource = defaultResource()
+    .merge(detectResources({ detectors: [envDetector] }))
+    .merge(
+      resourceFromAttributes({
+        "service.name": env.OTEL_SERVICE_NAME || "agent-gateway",
+      }),
+    );
+  let provider: BasicTracerProvider;
+  if (url === undefined) {
+    provider = new BasicTracerProvider({
+      resource,
+      idGenerator: ids,
+      sampler: new AlwaysOffSampler(),
+    });
+  } else {
+    if (options.logger) {
+      routeDiagnostics(options.logger);
+      warnOnProtocol(env, options.logger);
+    }
+    provider = new BasicTracerProvider({
+      resource,
+      idGenerator: ids,
+      // Batched, so an RPC never waits for the collector; the OTEL_BSP_*
+      // variables tune it.
+      spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url }))],
+    });
+  }
+  const tracer = provider.getTracer("agent-gateway");
+  let stopping: Promise<void> | undefined;
+  return {
+    tracer,
+    exportUrl: url,
+    startSpanWithId(spanId, name, spanOptions, context) {
+      // startSpan asks the generator for exactly one span id, synchronously.
+      ids.next = spanId;
+      try {
+        return tracer.startSpan(name, spanOptions, context);
+      } finally {
+        ids.next = undefined;
+      }
+    },
+    shutdown() {
+      stopping ??= provider.shutdown().catch((error: unknown) => {
+        options.logger?.warn({ err: error }, "trace export at shutdown failed");
+      });
+      return stopping;
+    },
+  };
+}
+
+/**
+ * The span id of the span of an invocation's first run: 16 hex digits of
+ * SHA-256 of the invocation id.
+ */
+export function spanIdOf(invocationId: string): string {
+  const hex = createHash("sha256").update(invocationId).digest("hex").slice(0, 16);
+  // The all-zero id is invalid; 2^-64 odds, but cheap to rule out.
+  return hex === "0000000000000000" ? "0000000000000001" : hex;
+}
+
+/** Where spans go, by the OTel rules; undefined: nowhere. */
+function exportUrlOf(endpoint: string, env: NodeJS.ProcessEnv): string | undefined {
+  if (env.OTEL_SDK_DISABLED?.trim().toLowerCase() === "true") return undefined;
+  if (env.OTEL_TRACES_EXPORTER?.trim().toLowerCase() === "none") return undefined;
+  const traces = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim();
+  if (traces) return traces;
+  const base = endpoint.trim() || env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim();
+  return base ? `${base.replace(/\/+$/, "")}/v1/traces` : undefined;
+}
+
+/**
+ * This exporter speaks OTLP/HTTP with JSON bodies, which every collector
+ * accepts on its HTTP port; say so when the environment asks for another
+ * protocol rather than pretend to follow it.
+ */
+function warnOnProtocol(env: NodeJS.ProcessEnv, logger: Logger): void {
+  const protocol = (
+    env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL || ""
+  ).trim();
+  if (protocol && protocol !== "http/json") {
+    logger.warn({ protocol }, "traces are exported as OTLP http/json, not the protocol asked for");
+  }
+}
+
+/** Random ids, except for one span id chosen just before a span starts. */
+class ChosenSpanIds implements IdGenerator {
+  next: string | undefined;
+  private readonly random = new RandomIdGenerator();
+
+  generateTraceId(): string {
+    return this.random.generateTraceId();
+  }
+
+  generateSpanId(): string {
+    const chosen = this.next;
+    this.next = undefined;
+    return chosen ?? this.random.generateSpanId();
+  }
+}
+
+/**
+ * The OTel SDK reports failed exports through its global diagnostic logger;
+ * without this they would vanish. Global, so the last gateway built wins.
+ */
+function routeDiagnostics(logger: Logger): void {
+  const log = logger.child({ component: "otel" });
+  diag.setLogger(
+    {
+      error: (message, ...args) => log.warn({ args }, message),
+      warn: (message, ...args) => log.warn({ args }, message),
+      info: () => {},
+      debug: () => {},
+      verbose: () => {},
+    },
+    { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true },
+  );
+}
