@@ -11,11 +11,17 @@ import { z } from "zod";
 
 const number = (min: number) => z.coerce.number().int().min(min);
 
-/** "true"/"false"/"1"/"0" from the environment, or a boolean from a file. */
-const boolean = z.union([
-  z.boolean(),
-  z.enum(["true", "false", "1", "0"]).transform((v) => v === "true" || v === "1"),
-]);
+/**
+ * "true"/"false"/"1"/"0" from the environment or `--flag=value`, or a
+ * boolean from a file or a bare `--flag`.
+ */
+const boolean = z.union(
+  [
+    z.boolean(),
+    z.enum(["true", "false", "1", "0"]).transform((v) => v === "true" || v === "1"),
+  ],
+  { error: "expected true, false, 1 or 0" },
+);
 
 /** A comma-separated list from the environment, or a list from a file. */
 const list = z.union([
@@ -39,7 +45,8 @@ export const apiKeySchema = z.strictObject({
 });
 export type ApiKeyEntry = z.output<typeof apiKeySchema>;
 
-interface Option {
+/** How one option is read, checked and shown. */
+export interface OptionDefinition {
   /** The environment variable; none for options only a file can hold. */
   env?: string;
   /** False for options only a file can hold. @default true */
@@ -49,7 +56,11 @@ interface Option {
   doc: string;
 }
 
-const OPTIONS = {
+/**
+ * Every option: its variable, whether it has a flag, its schema, default
+ * and the line `--help` shows. Keys are the names in the file and in Config.
+ */
+export const OPTIONS = {
   host: {
     env: "HOST",
     schema: z.string().min(1),
@@ -176,7 +187,7 @@ const OPTIONS = {
     default: "info",
     doc: "the least severe level that is logged",
   },
-} satisfies Record<string, Option>;
+} satisfies Record<string, OptionDefinition>;
 
 type Options = typeof OPTIONS;
 
@@ -189,8 +200,46 @@ function flagOf(key: string): string {
   return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 }
 
-function hasFlag(option: Option): boolean {
+function hasFlag(option: OptionDefinition): boolean {
   return option.flag !== false;
+}
+
+/** A boolean option's flag needs no value: `--allow-unauthenticated`. */
+function isSwitch(option: OptionDefinition): boolean {
+  return option.schema === boolean;
+}
+
+const OPTION_ENTRIES = Object.entries(OPTIONS as Record<string, OptionDefinition>);
+const SWITCHES = new Set(
+  OPTION_ENTRIES.filter(([, o]) => hasFlag(o) && isSwitch(o)).map(([key]) => flagOf(key)),
+);
+
+/** True when the command line asks for help, before any `--`. */
+function asksForHelp(argv: readonly string[]): boolean {
+  const end = argv.indexOf("--");
+  return (end === -1 ? argv : argv.slice(0, end)).some((a) => a === "--help" || a === "-h");
+}
+
+/**
+ * Takes `--switch=value` out of `argv`: parseArgs refuses a value on a
+ * boolean flag, so these are read here and checked by the schema.
+ */
+function takeSwitchValues(argv: readonly string[]): {
+  args: string[];
+  values: Map<string, string>;
+} {
+  const args: string[] = [];
+  const values = new Map<string, string>();
+  for (const [i, arg] of argv.entries()) {
+    if (arg === "--") {
+      args.push(...argv.slice(i));
+      break;
+    }
+    const match = /^--([a-z-]+)=(.*)$/s.exec(arg);
+    if (match && SWITCHES.has(match[1]!)) values.set(match[1]!, match[2]!);
+    else args.push(arg);
+  }
+  return { args, values };
 }
 
 export class ConfigError extends Error {
@@ -199,6 +248,10 @@ export class ConfigError extends Error {
 
 export interface LoadedConfig {
   config: Config;
+  /**
+   * `--help` or `-h` was given. Then nothing else is read or checked and
+   * `config` is the defaults, so that help prints whatever else is wrong.
+   */
   help: boolean;
   /** The file the configuration was read from, if any. */
   file?: string;
@@ -212,17 +265,19 @@ export function loadConfig(
   argv: string[] = process.argv.slice(2),
   env: NodeJS.ProcessEnv = process.env,
 ): LoadedConfig {
+  if (asksForHelp(argv)) return { config: defaultConfig(), help: true };
+  const { args, values: switchValues } = takeSwitchValues(argv);
   let parsed;
   try {
     parsed = parseArgs({
-      args: argv,
+      args,
       options: {
-        help: { type: "boolean", short: "h" },
         config: { type: "string" },
         ...Object.fromEntries(
-          Object.entries(OPTIONS as Record<string, Option>)
-            .filter(([, option]) => hasFlag(option))
-            .map(([key]) => [flagOf(key), { type: "string" as const }]),
+          OPTION_ENTRIES.filter(([, option]) => hasFlag(option)).map(([key, option]) => [
+            flagOf(key),
+            { type: isSwitch(option) ? ("boolean" as const) : ("string" as const) },
+          ]),
         ),
       },
       strict: true,
@@ -235,13 +290,15 @@ export function loadConfig(
   const fromFile = file ? readConfigFile(file) : {};
 
   const config: Record<string, unknown> = {};
-  for (const [key, option] of Object.entries(OPTIONS as Record<string, Option>)) {
-    const flag = hasFlag(option) ? flags[flagOf(key)] : undefined;
+  for (const [key, option] of OPTION_ENTRIES) {
+    const name = flagOf(key);
+    // A bare switch is true; `--switch=value` is read like the variable.
+    const flag = hasFlag(option) ? (switchValues.get(name) ?? flags[name]) : undefined;
     const fromEnv = option.env ? env[option.env] : undefined;
     let raw: unknown;
     let source: string;
-    if (typeof flag === "string") {
-      [raw, source] = [flag, `--${flagOf(key)}`];
+    if (flag !== undefined) {
+      [raw, source] = [flag, `--${name}`];
     } else if (fromEnv !== undefined && fromEnv !== "") {
       [raw, source] = [fromEnv, option.env!];
     } else if (key in fromFile) {
@@ -258,7 +315,7 @@ export function loadConfig(
     }
     config[key] = result.data;
   }
-  return { config: config as Config, help: flags.help === true, file };
+  return { config: config as Config, help: false, file };
 }
 
 function readConfigFile(path: string): Record<string, unknown> {
@@ -300,9 +357,10 @@ export function describeOptions(): string {
     "  --config <path> (CONFIG_FILE)",
     "      a YAML or JSON file of options",
   ];
-  for (const [key, option] of Object.entries(OPTIONS as Record<string, Option>)) {
+  for (const [key, option] of OPTION_ENTRIES) {
+    const flag = `--${flagOf(key)}${isSwitch(option) ? "[=true|false]" : ""}`;
     const names = [
-      hasFlag(option) ? `--${flagOf(key)}` : `${key} (file only)`,
+      hasFlag(option) ? flag : `${key} (file only)`,
       option.env ? `(${option.env})` : "",
     ].filter(Boolean);
     lines.push(
@@ -310,11 +368,13 @@ export function describeOptions(): string {
       `      ${option.doc}`,
     );
   }
-  lines.push("  --help", "      print this and exit");
+  lines.push("  --help, -h", "      print this and exit, whatever else is given");
   return lines.join("\n");
 }
 
 /** The defaults, for tests and embedding. */
 export function defaultConfig(): Config {
-  return loadConfig([], {}).config;
+  return Object.fromEntries(
+    OPTION_ENTRIES.map(([key, option]) => [key, structuredClone(option.default)]),
+  ) as Config;
 }

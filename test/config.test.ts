@@ -5,7 +5,14 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ConfigError, defaultConfig, describeOptions, loadConfig } from "../src/config.js";
+import {
+  ConfigError,
+  OPTIONS,
+  defaultConfig,
+  describeOptions,
+  loadConfig,
+  type OptionDefinition,
+} from "../src/config.js";
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL("../", import.meta.url));
@@ -17,6 +24,9 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
+
+/** `text` as a literal inside a RegExp. */
+const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 async function file(name: string, text: string): Promise<string> {
   const path = join(dir, name);
@@ -72,6 +82,39 @@ describe("configuration", () => {
     expect(config.allowUnauthenticated).toBe(false);
   });
 
+  it("takes a boolean option as a bare flag or with =true / =false", () => {
+    const allowed = (argv: string[], env: NodeJS.ProcessEnv = {}) =>
+      loadConfig(argv, env).config.allowUnauthenticated;
+    expect(allowed(["--allow-unauthenticated"])).toBe(true);
+    expect(allowed(["--allow-unauthenticated=true"])).toBe(true);
+    expect(allowed(["--allow-unauthenticated=0"])).toBe(false);
+    // The flag still wins over the environment, either way.
+    expect(allowed(["--allow-unauthenticated=false"], { ALLOW_UNAUTHENTICATED: "true" })).toBe(
+      false,
+    );
+    expect(allowed(["--allow-unauthenticated"], { ALLOW_UNAUTHENTICATED: "false" })).toBe(true);
+    expect(refusal(["--allow-unauthenticated=maybe"])).toMatch(
+      /^--allow-unauthenticated: expected true, false/,
+    );
+    // Other options keep taking `--flag=value` through parseArgs.
+    expect(loadConfig(["--port=9000", "--allow-unauthenticated"], {}).config.port).toBe(9000);
+  });
+
+  it("answers --help whatever else is wrong", async () => {
+    const path = await file("broken.yaml", "prot: 80\n");
+    for (const argv of [
+      ["--help"],
+      ["-h"],
+      ["--config", path, "--help"],
+      ["--no-such-flag", "--help"],
+      ["--port", "70000", "-h"],
+    ]) {
+      const loaded = loadConfig(argv, { PORT: "eighty" });
+      expect(loaded.help, argv.join(" ")).toBe(true);
+      expect(loaded.config).toEqual(defaultConfig());
+    }
+  });
+
   it("names the option, its source and what was expected", async () => {
     expect(refusal([], { PORT: "eighty" })).toMatch(/^PORT: .*number/);
     expect(refusal(["--port", "70000"])).toMatch(/^--port: .*65535/);
@@ -92,12 +135,32 @@ describe("configuration", () => {
   });
 
   it("lists every option with its default in --help", () => {
-    const help = describeOptions();
-    for (const flag of ["--port", "--data-dir", "--shutdown-grace-ms", "--cors-origins", "--log-level"]) {
-      expect(help).toContain(flag);
+    const lines = describeOptions().split("\n");
+    const entries = Object.entries(OPTIONS as Record<string, OptionDefinition>);
+    expect(entries.length).toBeGreaterThan(0);
+    for (const [key, option] of entries) {
+      const name =
+        option.flag === false
+          ? `${key} (file only)`
+          : `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+      // One line per option: its flag, its variable, then its default.
+      const line = lines.find((l) => new RegExp(`^  ${escape(name)}[ [=]`).test(l));
+      expect(line, key).toBeDefined();
+      if (option.env) expect(line, key).toContain(`(${option.env})`);
+      expect(line, key).toMatch(new RegExp(`default ${escape(JSON.stringify(option.default))}$`));
     }
-    expect(help).toContain("apiKeys (file only)");
-    expect(help).toContain("default 8080");
+    expect(lines.find((l) => l.includes("--allow-unauthenticated"))).toContain(
+      "--allow-unauthenticated[=true|false]",
+    );
+  });
+
+  it("prints --help and exits 0 even with a bad variable", async () => {
+    const { stdout } = await run("node", ["--import", "tsx", "src/main.ts", "--help"], {
+      cwd: root,
+      env: { ...process.env, PORT: "eighty" },
+    });
+    expect(stdout).toContain("Usage: agent-gateway");
+    expect(stdout).toContain("--port (PORT) default 8080");
   });
 
   it("stops the start with exit code 2 and the reason", async () => {
