@@ -16,6 +16,9 @@ export const HEALTH_SERVICE_NAME = Health.typeName;
 /** The longest a readiness check waits for the store to answer. */
 const PING_TIMEOUT_MS = 2_000;
 
+/** How often a Watch stream checks readiness again, by default. */
+export const WATCH_INTERVAL_MS = 5_000;
+
 /** Ready, or why not, for logs and the body of `/readyz`. */
 export type Readiness = { ready: true } | { ready: false; reason: string };
 
@@ -27,6 +30,13 @@ export interface HealthOptions {
    * every other name is unknown.
    */
   services: readonly string[];
+  /**
+   * How often each Watch stream checks readiness (the store's ping
+   * included) between lifecycle changes, which it hears at once. A new
+   * status is sent only when it differs from the last one sent.
+   * @default WATCH_INTERVAL_MS, 5 s
+   */
+  watchIntervalMs?: number;
 }
 
 /**
@@ -68,13 +78,16 @@ export async function readiness(lifecycle: Lifecycle, store: Store): Promise<Rea
  * otherwise. Check of an unknown service is NOT_FOUND; Watch of one sends
  * SERVICE_UNKNOWN and stays open, as the protocol asks.
  *
- * Watch sends the status at once and again whenever the lifecycle changes
- * it (draining turns it NOT_SERVING); it does not poll the store. When the
+ * Watch sends the status at once, then checks it again on every lifecycle
+ * change (draining turns it NOT_SERVING at once) and every
+ * `watchIntervalMs` (a store that stops answering turns it NOT_SERVING, one
+ * that answers again SERVING), and sends it only when it changed. When the
  * gateway shuts the stream down it ends with OK: the client retries, as the
  * protocol tells it to on any end.
  */
 export function createHealthService(options: HealthOptions): ServiceImpl<typeof Health> {
   const { lifecycle, store } = options;
+  const intervalMs = options.watchIntervalMs ?? WATCH_INTERVAL_MS;
   const known = new Set(["", ...options.services]);
   const status = async (): Promise<ServingStatus> =>
     (await readiness(lifecycle, store)).ready ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
@@ -93,7 +106,7 @@ export function createHealthService(options: HealthOptions): ServiceImpl<typeof 
         // The set of services is fixed for the life of the process: the
         // status never becomes known, so wait for the end.
         yield { status: ServingStatus.SERVICE_UNKNOWN };
-        await changeOrAbort(lifecycle, signal, () => false);
+        await nextCheck(lifecycle, signal, () => false);
         return;
       }
       let sent: ServingStatus | undefined;
@@ -108,7 +121,7 @@ export function createHealthService(options: HealthOptions): ServiceImpl<typeof 
             sent = now;
             yield { status: now };
           }
-          await changeOrAbort(lifecycle, signal, () => changed);
+          await nextCheck(lifecycle, signal, () => changed, intervalMs);
         } finally {
           unlisten();
         }
@@ -144,21 +157,24 @@ export function healthRoutes(lifecycle: Lifecycle, store: Store): Record<string,
 }
 
 /**
- * Resolves on the next lifecycle change (at once if `already()`), or when
- * `signal` fires.
+ * Resolves on the next lifecycle change (at once if `already()`), after
+ * `intervalMs` if given, or when `signal` fires, whichever is first.
  */
-function changeOrAbort(
+function nextCheck(
   lifecycle: Lifecycle,
   signal: AbortSignal,
   already: () => boolean,
+  intervalMs?: number,
 ): Promise<void> {
   if (signal.aborted || already()) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
+      clearTimeout(timer);
       unlisten();
       signal.removeEventListener("abort", done);
       resolve();
     };
+    const timer = intervalMs === undefined ? undefined : setTimeout(done, intervalMs);
     const unlisten = lifecycle.onChange(done);
     signal.addEventListener("abort", done, { once: true });
   });

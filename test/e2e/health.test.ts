@@ -1,5 +1,5 @@
 import * as grpc from "@grpc/grpc-js";
-import { Code, createClient } from "@connectrpc/connect";
+import { Code, createClient, createRouterTransport } from "@connectrpc/connect";
 import { service as healthDefinition } from "grpc-health-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -11,7 +11,14 @@ import {
   type ServerReflectionResponse,
 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { generateApiKey, hashApiKey } from "../../src/server/api-keys.js";
-import { HEALTH_SERVICE_NAME } from "../../src/server/health.js";
+import {
+  HEALTH_SERVICE_NAME,
+  WATCH_INTERVAL_MS,
+  createHealthService,
+} from "../../src/server/health.js";
+import { Lifecycle } from "../../src/server/lifecycle.js";
+import type { Store } from "../../src/store/store.js";
+import { createSqliteStore } from "../../src/store/sqlite/sqlite-store.js";
 import { failure } from "../helpers/calls.js";
 import { PROTOCOLS, startGateway, type TestGateway } from "../helpers/gateway.js";
 
@@ -257,4 +264,91 @@ describe("with API keys configured", () => {
     const refused = await failure(keyed.client("grpc").listAgents({}));
     expect(refused.code).toBe(Code.Unauthenticated);
   });
+});
+
+/**
+ * A real SQLite store whose ping() throws while `down` is true, as a store
+ * on a lost disk would; everything else goes to the store itself.
+ */
+function flakyStore(): { store: Store; down: boolean } {
+  const real = createSqliteStore({ path: ":memory:" });
+  const state = { store: real, down: false };
+  state.store = new Proxy(real, {
+    get(target, property) {
+      if (property === "ping" && state.down) {
+        return () => Promise.reject(new Error("disk I/O error"));
+      }
+      const value: unknown = Reflect.get(target, property, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return state;
+}
+
+describe("Watch follows the store, not only the lifecycle", () => {
+  it("sends NOT_SERVING when the store stops answering, SERVING when it is back, nothing in between", async () => {
+    const flaky = flakyStore();
+    const lifecycle = new Lifecycle();
+    lifecycle.advance("serving");
+    const health = createClient(
+      Health,
+      createRouterTransport(({ service }) => {
+        service(
+          Health,
+          createHealthService({
+            lifecycle,
+            store: flaky.store,
+            services: ["agent.v1.AgentService"],
+            watchIntervalMs: 20,
+          }),
+        );
+      }),
+    );
+    const stop = new AbortController();
+    const it = health
+      .watch({ service: "agent.v1.AgentService" }, { signal: stop.signal })
+      [Symbol.asyncIterator]();
+    try {
+      expect((await it.next()).value?.status).toBe(ServingStatus.SERVING);
+      flaky.down = true;
+      expect((await it.next()).value?.status).toBe(ServingStatus.NOT_SERVING);
+      // Many checks with the same answer send nothing: the next message is
+      // the recovery, however long it takes to come.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      flaky.down = false;
+      expect((await it.next()).value?.status).toBe(ServingStatus.SERVING);
+      // A lifecycle change is still heard at once, not at the next tick.
+      lifecycle.advance("draining");
+      expect((await it.next()).value?.status).toBe(ServingStatus.NOT_SERVING);
+    } finally {
+      stop.abort();
+      await it.return?.();
+      await flaky.store.close();
+    }
+  });
+
+  it(
+    "on a real port, with the default interval",
+    async () => {
+      const flaky = flakyStore();
+      const gw = await startGateway({ store: flaky.store });
+      try {
+        const health = createClient(Health, gw.transport("grpc"));
+        const it = health
+          .watch({ service: "" }, { timeoutMs: DEADLINE_MS })
+          [Symbol.asyncIterator]();
+        expect((await it.next()).value?.status).toBe(ServingStatus.SERVING);
+        flaky.down = true;
+        const started = Date.now();
+        expect((await it.next()).value?.status).toBe(ServingStatus.NOT_SERVING);
+        // Heard at the next periodic check: within one interval.
+        expect(Date.now() - started).toBeLessThan(WATCH_INTERVAL_MS + 3_000);
+        await it.return?.();
+      } finally {
+        flaky.down = false;
+        await gw.close();
+      }
+    },
+    WATCH_INTERVAL_MS + DEADLINE_MS,
+  );
 });

@@ -11,6 +11,7 @@ import {
 import { AgentService } from "../../gen/agent/v1/agent_pb.js";
 import { defaultConfig, type Config } from "../../src/config.js";
 import type { Agent } from "../../src/runtime/index.js";
+import type { Store } from "../../src/store/store.js";
 import { createGateway, type Gateway } from "../../src/server/gateway.js";
 import type { Logger } from "../../src/telemetry/logger.js";
 
@@ -44,6 +45,8 @@ export async function startGateway(
     watchBufferSize?: number;
     /** @default a logger that writes nothing */
     logger?: Logger;
+    /** @default SQLite in the test's own data directory */
+    store?: Store;
   } = {},
 ): Promise<TestGateway> {
   const dataDir = await mkdtemp(join(tmpdir(), "agent-gateway-test-"));
@@ -67,6 +70,7 @@ export async function startGateway(
     agents: options.agents,
     watchBufferSize: options.watchBufferSize,
     logger: options.logger,
+    store: options.store,
   });
   const address = await gateway.start();
   const baseUrl = `http://127.0.0.1:${address.port}`;
