@@ -37,6 +37,11 @@ export interface ObservabilityOptions {
   logger: Logger;
   /** Where the OTEL_* variables are read. @default process.env */
   env?: NodeJS.ProcessEnv;
+  /**
+   * The hosted agents, for the description on invocation spans.
+   * @default none: spans carry no `gen_ai.agent.description`
+   */
+  agents?: { get(name: string): { description: string } | undefined };
 }
 
 /** Builds the telemetry of one gateway; nothing global but OTel's diag. */
@@ -52,7 +57,12 @@ export function createObservability(options: ObservabilityOptions): Observabilit
   return {
     metrics,
     tracing,
-    runtimeObserver: combineObservers(traceInvocations(tracing), meterInvocations(metrics)),
+    runtimeObserver: combineObservers(
+      traceInvocations(tracing, {
+        describeAgent: (name) => options.agents?.get(name)?.description,
+      }),
+      meterInvocations(metrics),
+    ),
     interceptors: [
       createTracingInterceptor(tracing.tracer),
       createRpcLogInterceptor({ logger, metrics }),

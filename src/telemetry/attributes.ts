@@ -16,6 +16,13 @@ export const ERROR_TYPE = "error.type";
 
 export const GEN_AI_OPERATION_NAME = "gen_ai.operation.name";
 export const GEN_AI_AGENT_NAME = "gen_ai.agent.name";
+/**
+ * The agent's own identifier, not the invocation's: a hosted agent is
+ * identified by its unique name, so it is the same value as the name.
+ */
+export const GEN_AI_AGENT_ID = "gen_ai.agent.id";
+/** The `description` of the agent's definition. */
+export const GEN_AI_AGENT_DESCRIPTION = "gen_ai.agent.description";
 
 export const INVOCATION_ID = "agent_gateway.invocation.id";
 export const INVOCATION_STATE = "agent_gateway.invocation.state";

@@ -16,6 +16,8 @@ import type { InvocationRecord, StoredEvent } from "../store/types.js";
 import {
   ERROR_TYPE,
   EVENT_SEQUENCE,
+  GEN_AI_AGENT_DESCRIPTION,
+  GEN_AI_AGENT_ID,
   GEN_AI_AGENT_NAME,
   GEN_AI_OPERATION_NAME,
   INPUT_REQUEST_ID,
@@ -31,14 +33,38 @@ import {
 } from "./attributes.js";
 import { spanIdOf, type Tracing } from "./tracing.js";
 
+export interface InvocationTracingOptions {
+  /**
+   * The description of an agent by name, for `gen_ai.agent.description`.
+   * @default none: the attribute is left out
+   */
+  describeAgent?: (agent: string) => string | undefined;
+}
+
 /**
- * Traces invocations: a span `invoke_agent <agent>` per run (GenAI agent
- * conventions), a child span per node attempt, and chunks and input
- * requests as span events. A new invocation's span is a child of the RPC
- * that started it; a resumed one starts a new trace linked to the first.
+ * Traces invocations: a span `invoke_agent <agent>` per run (the GenAI
+ * conventions' invoke agent internal span), a child span per node attempt,
+ * and chunks and input requests as span events. A new invocation's span is
+ * a child of the RPC that started it; a resumed one starts a new trace
+ * linked to the first.
+ *
+ * `gen_ai.conversation.id` is left out: an invocation is one run of a
+ * graph, not a conversation, and nothing groups invocations into one; the
+ * invocation id is `agent_gateway.invocation.id`.
  */
-export function traceInvocations(tracing: Tracing): RuntimeObserver {
-  return { begin: (invocation, start) => new InvocationTrace(tracing, invocation, start) };
+export function traceInvocations(
+  tracing: Tracing,
+  options: InvocationTracingOptions = {},
+): RuntimeObserver {
+  return {
+    begin: (invocation, start) =>
+      new InvocationTrace(
+        tracing,
+        invocation,
+        start,
+        options.describeAgent?.(invocation.agent),
+      ),
+  };
 }
 
 class InvocationTrace implements RunObserver {
@@ -55,15 +81,18 @@ class InvocationTrace implements RunObserver {
     private readonly tracing: Tracing,
     invocation: InvocationRecord,
     start: RunStart,
+    description: string | undefined,
   ) {
     this.agent = invocation.agent;
     const name = `invoke_agent ${invocation.agent}`;
     const attributes: Attributes = {
       [GEN_AI_OPERATION_NAME]: "invoke_agent",
       [GEN_AI_AGENT_NAME]: invocation.agent,
+      [GEN_AI_AGENT_ID]: invocation.agent,
       [INVOCATION_ID]: invocation.id,
       [TENANT]: invocation.tenant,
     };
+    if (description) attributes[GEN_AI_AGENT_DESCRIPTION] = description;
     // In-process agents: INTERNAL, as the GenAI conventions ask.
     if (start.resumed) {
       attributes[INVOCATION_RESUMED] = true;

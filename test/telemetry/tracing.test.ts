@@ -10,6 +10,10 @@ import { AgentService, InvocationState } from "../../gen/agent/v1/agent_pb.js";
 import { defaultConfig } from "../../src/config.js";
 import { defineAgent } from "../../src/runtime/index.js";
 import { createGateway } from "../../src/server/gateway.js";
+import { AgentRegistry } from "../../src/runtime/registry.js";
+import { createObservability } from "../../src/server/observability.js";
+import type { InvocationRecord } from "../../src/store/types.js";
+import { silentLogger } from "../../src/telemetry/logger.js";
 import { createTracing, spanIdOf } from "../../src/telemetry/tracing.js";
 import { failure, value } from "../helpers/calls.js";
 import { startGateway } from "../helpers/gateway.js";
@@ -137,6 +141,8 @@ describe("an invocation's trace", () => {
     expect(invoke.attributes).toMatchObject({
       "gen_ai.operation.name": "invoke_agent",
       "gen_ai.agent.name": "drafting",
+      // The agent's id is its unique name; the invocation has its own.
+      "gen_ai.agent.id": "drafting",
       "agent_gateway.invocation.id": invocationId,
       "agent_gateway.invocation.state": "succeeded",
       "agent_gateway.tenant": "default",
@@ -327,6 +333,53 @@ describe("an invocation resumed after a restart", () => {
     expect(ask).toHaveLength(1);
     expect(ask[0]!.attributes["agent_gateway.node.attempt"]).toBe(2);
     expect(resumed.events.map((e) => e.name)).toEqual(["node_interrupted", "input_provided"]);
+  });
+});
+
+describe("the invoke_agent span's GenAI attributes", () => {
+  const record = (agent: string, id: string): InvocationRecord => ({
+    id,
+    tenant: "acme",
+    agent,
+    state: "running",
+    input: {},
+    metadata: {},
+    onDisconnect: "continue",
+    lastSequence: 1,
+    createdAt: 0,
+    updatedAt: 0,
+  });
+
+  it("carry the agent's id and, given the agents, its description", async () => {
+    const telemetry = createObservability({
+      config: { otlpEndpoint: receiver.url },
+      logger: silentLogger(),
+      env: {},
+      agents: new AgentRegistry([drafting]),
+    });
+    for (const [agent, id] of [
+      ["drafting", "inv-described"],
+      ["unknown", "inv-undescribed"],
+    ] as const) {
+      const run = telemetry.runtimeObserver.begin(record(agent, id), { resumed: false });
+      const completed = { type: "completed", result: null } as const;
+      run.change({ events: [{ invocationId: id, sequence: 2, time: 0, body: completed }] });
+    }
+    await telemetry.shutdown();
+    const span = (id: string) =>
+      only(receiver.spans(), (s) => s.attributes["agent_gateway.invocation.id"] === id);
+    expect(span("inv-described").attributes).toMatchObject({
+      "gen_ai.operation.name": "invoke_agent",
+      "gen_ai.agent.name": "drafting",
+      "gen_ai.agent.id": "drafting",
+      "gen_ai.agent.description": drafting.description,
+    });
+    // No description to give: the attribute is left out, not empty.
+    const undescribed = span("inv-undescribed").attributes;
+    expect(undescribed["gen_ai.agent.id"]).toBe("unknown");
+    expect(undescribed).not.toHaveProperty("gen_ai.agent.description");
+    // Not applicable: an invocation is not a conversation.
+    expect(undescribed).not.toHaveProperty("gen_ai.conversation.id");
   });
 });
 
