@@ -23,9 +23,11 @@ export interface NodeContext<TResult = Json> {
    */
   emit(node: string, input: Json): void;
   /**
-   * Streams a chunk (a model token, a progress line) to every watcher.
-   * Resolves once the chunk is stored; await it, or a runaway loop fails
-   * the node when too many chunks wait to be stored.
+   * Streams a chunk (a model token, a progress line) to every watcher, who
+   * sees it once it is stored. Resolves at once while only a few chunks
+   * (256 by default) wait to be stored, so that many share one commit, and
+   * otherwise once this one is stored. Await it: a loop that does not
+   * fails its node when too many chunks wait.
    */
   stream(data: Json): Promise<void>;
   /**

@@ -23,10 +23,17 @@ export interface ExecutionOptions {
   logger: Logger;
   /** Nodes of one invocation that run at once; more wait their turn. */
   maxConcurrentNodes: number;
+  /** Chunks a node may stream before `ctx.stream()` waits for the store. */
+  chunksAhead: number;
   /** Chunks of one invocation that may wait to be stored at once. */
   maxPendingChunks: number;
   /** Sees every change this run writes, and its stop. */
   observer: RunObserver;
+  /**
+   * The tasks and input requests of a fresh invocation, which the store
+   * need not be asked for. @default read from the store at start
+   */
+  known?: { tasks: TaskRecord[]; inputRequests: InputRequestRecord[] };
 }
 
 /** A node running now, on one task (or, for an aggregate, several). */
@@ -106,11 +113,13 @@ export class Execution {
 
   /** Loads what is stored of the invocation and starts running it. */
   async start(): Promise<void> {
-    const { store } = this.options;
-    for (const task of await store.listTasks(this.record.id)) {
+    const { store, known } = this.options;
+    const id = this.record.id;
+    for (const task of known?.tasks ?? (await store.listTasks(id))) {
       this.tasks.set(task.taskId, task);
     }
-    for (const request of await store.listInputRequests(this.record.id)) {
+    for (const request of known?.inputRequests ??
+      (await store.listInputRequests(id))) {
       this.inputRequests.set(request.requestId, request);
     }
     this.nextTaskNumber = this.tasks.size + 1;
@@ -125,7 +134,9 @@ export class Execution {
       this.deadlineTimer.unref();
     }
     if (this.ending) return;
-    await this.write({ set: { state: "running" } });
+    // Not awaited: the first node's own write follows in the same commit,
+    // and a failed write stops the execution anyway.
+    this.write({ set: { state: "running" } }).catch(() => undefined);
     this.pump();
   }
 
@@ -439,13 +450,15 @@ export class Execution {
       );
     }
     this.pendingChunks++;
-    try {
-      await this.write({
-        events: [this.event({ type: "chunk", node, taskId, attempt, data })],
-      });
-    } finally {
-      this.pendingChunks--;
-    }
+    const stored = this.write({
+      events: [this.event({ type: "chunk", node, taskId, attempt, data })],
+    }).finally(() => this.pendingChunks--);
+    // A failed write stops the whole execution; the node hears of it from
+    // its signal and its next call, so an unawaited failure is not lost.
+    stored.catch(() => undefined);
+    // Commits keep their order: once this chunk is stored, so is every
+    // chunk before it.
+    if (this.pendingChunks > this.options.chunksAhead) await stored;
   }
 
   private async requestInput(

@@ -4,7 +4,7 @@ import { Admission, type AdmissionOptions } from "./admission.js";
 import { CommitQueue } from "./commit-queue.js";
 import { RuntimeError } from "./errors.js";
 import { EventHub } from "./event-hub.js";
-import { Execution, formatIssues } from "./execution.js";
+import { Execution, formatIssues, type ExecutionOptions } from "./execution.js";
 import { canonicalJson } from "./json.js";
 import { noObserver, type RunObserver, type RuntimeObserver } from "./observer.js";
 import { watchEvents, type Heartbeat } from "./watch.js";
@@ -22,6 +22,7 @@ import {
   type Json,
   type OnDisconnect,
   type StoredEvent,
+  type TaskRecord,
 } from "../store/types.js";
 import type { Context } from "@opentelemetry/api";
 import { silentLogger, type Logger } from "../telemetry/logger.js";
@@ -40,6 +41,13 @@ export interface RuntimeOptions {
   watchBufferSize?: number;
   /** Nodes of one invocation that run at once. @default 16 */
   maxConcurrentNodes?: number;
+  /**
+   * Chunks of one invocation that a node may stream ahead of the store:
+   * `ctx.stream()` resolves at once while fewer wait to be stored, so that
+   * many chunks share one commit. Watchers see a chunk only once it is
+   * stored either way. @default 256
+   */
+  chunksAhead?: number;
   /** Chunks of one invocation waiting to be stored at once. @default 10000 */
   maxPendingChunks?: number;
   /** Told about every run, for traces and metrics. @default observes nothing */
@@ -82,6 +90,7 @@ export class Runtime {
   private readonly heartbeatMs: number;
   private readonly watchBufferSize: number;
   private readonly maxConcurrentNodes: number;
+  private readonly chunksAhead: number;
   private readonly maxPendingChunks: number;
   private readonly observer: RuntimeObserver;
   private readonly admission: Admission;
@@ -95,6 +104,7 @@ export class Runtime {
     this.heartbeatMs = options.heartbeatMs ?? 15_000;
     this.watchBufferSize = options.watchBufferSize ?? 256;
     this.maxConcurrentNodes = options.maxConcurrentNodes ?? 16;
+    this.chunksAhead = options.chunksAhead ?? 256;
     this.maxPendingChunks = options.maxPendingChunks ?? 10_000;
     this.observer = options.observer ?? noObserver;
     this.admission = new Admission(options.admission);
@@ -167,6 +177,15 @@ export class Runtime {
       traceContext: request.traceContext,
     });
     if (run.traceId !== undefined) invocation.traceId = run.traceId;
+    const startTask: TaskRecord = {
+      invocationId: invocation.id,
+      taskId: "t1",
+      node: agent.start,
+      input,
+      state: "pending",
+      attempt: 0,
+      createdAt: now,
+    };
     const started: StoredEvent = {
       invocationId: invocation.id,
       sequence: 1,
@@ -176,15 +195,7 @@ export class Runtime {
     const result = await this.store.createInvocation({
       invocation,
       started,
-      startTask: {
-        invocationId: invocation.id,
-        taskId: "t1",
-        node: agent.start,
-        input,
-        state: "pending",
-        attempt: 0,
-        createdAt: now,
-      },
+      startTask,
     }).catch((error: unknown) => {
       slot.release();
       throw error;
@@ -205,7 +216,10 @@ export class Runtime {
     }
     run.change({ set: { state: invocation.state }, events: [started] });
     this.hub.publish(started);
-    this.launch(result.invocation, run);
+    this.launch(result.invocation, run, {
+      tasks: [{ ...startTask }],
+      inputRequests: [],
+    });
     slot.releaseWhen(this.executions.get(result.invocation.id)?.finished);
     return result;
   }
@@ -213,6 +227,8 @@ export class Runtime {
   /** One invocation of the tenant; NOT_FOUND for another tenant's. */
   async get(tenant: string, id: string): Promise<InvocationView> {
     const record = await this.load(tenant, id);
+    // A finished invocation waits for nothing, whatever was left unasked.
+    if (isTerminal(record.state)) return { ...record, pendingInputs: [] };
     const requests = await this.store.listInputRequests(id);
     return {
       ...record,
@@ -408,7 +424,11 @@ export class Runtime {
     return this.closing;
   }
 
-  private launch(record: InvocationRecord, observer: RunObserver): void {
+  private launch(
+    record: InvocationRecord,
+    observer: RunObserver,
+    known?: ExecutionOptions["known"],
+  ): void {
     const agent = this.agents.get(record.agent);
     if (!agent) {
       void this.failOrphan(record);
@@ -420,8 +440,10 @@ export class Runtime {
       agent,
       logger: this.log,
       maxConcurrentNodes: this.maxConcurrentNodes,
+      chunksAhead: this.chunksAhead,
       maxPendingChunks: this.maxPendingChunks,
       observer,
+      known,
     });
     this.executions.set(record.id, execution);
     void execution.finished.then(() => {

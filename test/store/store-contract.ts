@@ -287,6 +287,33 @@ export function describeStoreContract(
         expect(await store.getInvocation(b.id)).toEqual(b);
       });
 
+      it("refuses a failing write alone among concurrent ones", async () => {
+        const a = (await created(store)).invocation;
+        const b = (await created(store)).invocation;
+        const fresh = newInvocation();
+
+        // Made together, so a store that groups writes commits them together.
+        const [good, bad, create, gap] = await Promise.allSettled([
+          store.write([{ invocationId: a.id, events: [event(a.id, 2)] }]),
+          store.write([{ invocationId: b.id, events: [event(b.id, 2)] }, {
+            invocationId: randomUUID(),
+            set: { state: "running" },
+          }]),
+          store.createInvocation(fresh),
+          store.write([{ invocationId: a.id, events: [event(a.id, 4)] }]),
+        ]);
+
+        expect(good.status).toBe("fulfilled");
+        expect(bad.status).toBe("rejected");
+        expect(create.status).toBe("fulfilled");
+        expect(gap.status).toBe("rejected");
+        expect((await store.getInvocation(a.id))?.lastSequence).toBe(2);
+        expect(await store.getInvocation(b.id)).toEqual(b);
+        expect(await store.getInvocation(fresh.invocation.id)).toEqual(
+          fresh.invocation,
+        );
+      });
+
       it("rejects a change to an unknown invocation", async () => {
         await expect(
           store.write([
