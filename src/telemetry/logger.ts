@@ -10,7 +10,8 @@ export type { Logger };
  *   value that was ignored, a client that sent garbage);
  * - info: lifecycle (bound, draining, stopped), one line per finished RPC
  *   and one per invocation outcome;
- * - debug: every node attempt, every stream opened and closed.
+ * - debug: health checks, and why a call was refused for want of a key
+ *   or by the rate limit (its RPC line is at info).
  */
 export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
 
