@@ -100,7 +100,9 @@ export interface Store {
   /**
    * Applies the changes in one transaction: all of them or none. Throws if
    * an event's sequence does not follow the invocation's last one, or if an
-   * invocation, task or input request it names does not exist.
+   * invocation, task or input request it names does not exist. Writes are
+   * applied, and their promises settled, in the order they were made, so
+   * that a caller may make the next write before the last one has settled.
    */
   write(changes: InvocationChange[]): Promise<void>;
 

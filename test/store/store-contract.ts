@@ -287,6 +287,26 @@ export function describeStoreContract(
         expect(await store.getInvocation(b.id)).toEqual(b);
       });
 
+      it("applies and settles writes in the order they were made", async () => {
+        const { invocation } = await created(store);
+        const settled: number[] = [];
+
+        await Promise.all(
+          Array.from({ length: 20 }, (_, i) =>
+            store
+              .write([
+                { invocationId: invocation.id, events: [event(invocation.id, i + 2)] },
+              ])
+              .then(() => settled.push(i + 2)),
+          ),
+        );
+
+        const expected = Array.from({ length: 20 }, (_, i) => i + 2);
+        expect(settled).toEqual(expected);
+        const stored = await store.readEvents(invocation.id, 1, 100);
+        expect(stored.map((e) => e.sequence)).toEqual(expected);
+      });
+
       it("refuses a failing write alone among concurrent ones", async () => {
         const a = (await created(store)).invocation;
         const b = (await created(store)).invocation;
