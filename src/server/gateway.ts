@@ -69,7 +69,8 @@ export function createGateway(options: GatewayOptions): Gateway {
   const log = options.logger ?? silentLogger();
   // Before anything is opened: no keys on a public address stops here.
   const keys = createKeyRing(config, log);
-  const telemetry = createObservability({ config, logger: log });
+  const agents = new AgentRegistry([...builtinAgents, ...(options.agents ?? [])]);
+  const telemetry = createObservability({ config, logger: log, agents });
   const store = telemetry.timed(
     options.store ??
       createSqliteStore({
@@ -77,7 +78,6 @@ export function createGateway(options: GatewayOptions): Gateway {
         synchronous: config.sqliteSynchronous,
       }),
   );
-  const agents = new AgentRegistry([...builtinAgents, ...(options.agents ?? [])]);
   const runtime = new Runtime({
     store,
     agents,

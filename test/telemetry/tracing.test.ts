@@ -143,6 +143,7 @@ describe("an invocation's trace", () => {
       "gen_ai.agent.name": "drafting",
       // The agent's id is its unique name; the invocation has its own.
       "gen_ai.agent.id": "drafting",
+      "gen_ai.agent.description": drafting.description,
       "agent_gateway.invocation.id": invocationId,
       "agent_gateway.invocation.state": "succeeded",
       "agent_gateway.tenant": "default",
