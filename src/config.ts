@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { accessSync, constants, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
@@ -315,7 +315,33 @@ export function loadConfig(
     }
     config[key] = result.data;
   }
+  checkTls(config as Config);
   return { config: config as Config, help: false, file };
+}
+
+/**
+ * A certificate without its key (or the other way round) would quietly
+ * serve plaintext, and an unreadable file would fail later with a stack
+ * trace: both stop the start here, naming the option.
+ */
+function checkTls(config: Config): void {
+  const { tlsCert, tlsKey } = config;
+  if (Boolean(tlsCert) !== Boolean(tlsKey)) {
+    const missing = tlsCert ? "tls-key" : "tls-cert";
+    const given = tlsCert ? "tls-cert" : "tls-key";
+    throw new ConfigError(`${missing}: required with ${given} (TLS needs both)`);
+  }
+  for (const [name, path] of [
+    ["tls-cert", tlsCert],
+    ["tls-key", tlsKey],
+  ] as const) {
+    if (!path) continue;
+    try {
+      accessSync(path, constants.R_OK);
+    } catch (error) {
+      throw new ConfigError(`${name}: cannot read ${path}: ${(error as Error).message}`);
+    }
+  }
 }
 
 function readConfigFile(path: string): Record<string, unknown> {

@@ -134,6 +134,17 @@ describe("configuration", () => {
     expect(refusal(["--no-such-flag"])).toMatch(/no-such-flag/);
   });
 
+  it("wants a TLS certificate and key together, and readable", async () => {
+    const cert = await file("cert.pem", "not checked here\n");
+    expect(refusal(["--tls-cert", cert])).toMatch(/^tls-key: required with tls-cert/);
+    expect(refusal([], { TLS_KEY: cert })).toMatch(/^tls-cert: required with tls-key/);
+    expect(refusal(["--tls-cert", cert, "--tls-key", join(dir, "gone.pem")])).toMatch(
+      /^tls-key: cannot read .*gone\.pem/,
+    );
+    const both = loadConfig(["--tls-cert", cert, "--tls-key", cert], {}).config;
+    expect([both.tlsCert, both.tlsKey]).toEqual([cert, cert]);
+  });
+
   it("lists every option with its default in --help", () => {
     const lines = describeOptions().split("\n");
     const entries = Object.entries(OPTIONS as Record<string, OptionDefinition>);

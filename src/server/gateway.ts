@@ -126,7 +126,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     shutdownSignal: shutdown.signal,
   });
   const handler = withPlainRoutes(
-    { ...healthRoutes(lifecycle, store), ...telemetry.routes },
+    { ...healthRoutes(lifecycle, store, log), ...telemetry.routes },
     withCors(config.corsOrigins, connectHandler),
     log,
   );

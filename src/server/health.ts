@@ -4,6 +4,7 @@ import {
   HealthCheckResponse_ServingStatus as ServingStatus,
 } from "../../gen/health/v1/health_pb.js";
 import type { Store } from "../store/store.js";
+import type { Logger } from "../telemetry/logger.js";
 import type { PlainRoute } from "./http-routes.js";
 import type { Lifecycle } from "./lifecycle.js";
 
@@ -20,7 +21,13 @@ const PING_TIMEOUT_MS = 2_000;
 export const WATCH_INTERVAL_MS = 5_000;
 
 /** Ready, or why not, for logs and the body of `/readyz`. */
-export type Readiness = { ready: true } | { ready: false; reason: string };
+/**
+ * `reason` is what an unauthenticated probe may read; `cause`, the store's
+ * own error, is for the log only (it can name hosts and users).
+ */
+export type Readiness =
+  | { ready: true }
+  | { ready: false; reason: string; cause?: unknown };
 
 export interface HealthOptions {
   lifecycle: Lifecycle;
@@ -59,10 +66,7 @@ export async function readiness(lifecycle: Lifecycle, store: Store): Promise<Rea
       }),
     ]);
   } catch (error) {
-    return {
-      ready: false,
-      reason: `store unreachable: ${error instanceof Error ? error.message : String(error)}`,
-    };
+    return { ready: false, reason: "store unreachable", cause: error };
   } finally {
     clearTimeout(timer);
   }
@@ -144,14 +148,18 @@ export function createHealthService(options: HealthOptions): ServiceImpl<typeof 
  * - `/readyz` (readiness): 200 when ready (see readiness()), else 503 with
  *   the reason, so that no new traffic is sent to a draining gateway.
  */
-export function healthRoutes(lifecycle: Lifecycle, store: Store): Record<string, PlainRoute> {
+export function healthRoutes(
+  lifecycle: Lifecycle,
+  store: Store,
+  logger: Logger,
+): Record<string, PlainRoute> {
   return {
     "/healthz": () => ({ status: 200, body: "ok\n" }),
     "/readyz": async () => {
       const state = await readiness(lifecycle, store);
-      return state.ready
-        ? { status: 200, body: "ready\n" }
-        : { status: 503, body: `not ready: ${state.reason}\n` };
+      if (state.ready) return { status: 200, body: "ready\n" };
+      if (state.cause !== undefined) logger.warn({ err: state.cause }, "not ready: store unreachable");
+      return { status: 503, body: `not ready: ${state.reason}\n` };
     },
   };
 }

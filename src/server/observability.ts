@@ -53,7 +53,9 @@ export function createObservability(options: ObservabilityOptions): Observabilit
     env: options.env,
     logger,
   });
-  if (tracing.exportUrl) logger.info({ url: tracing.exportUrl }, "exporting traces");
+  if (tracing.exportUrl) {
+    logger.info({ url: withoutCredentials(tracing.exportUrl) }, "exporting traces");
+  }
   return {
     metrics,
     tracing,
@@ -71,4 +73,17 @@ export function createObservability(options: ObservabilityOptions): Observabilit
     timed: (store) => timeStore(store, metrics),
     shutdown: () => tracing.shutdown(),
   };
+}
+
+/**
+ * The URL without what may carry a credential (user and password, query),
+ * so that it can be logged.
+ */
+function withoutCredentials(url: string): string {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.protocol}//${parsed.host}${parsed.pathname}`;
+  } catch {
+    return "(not a URL)";
+  }
 }

@@ -13,6 +13,7 @@ import { Health } from "../../gen/health/v1/health_pb.js";
 import { defaultConfig } from "../../src/config.js";
 import { generateApiKey, hashApiKey } from "../../src/server/api-keys.js";
 import { createGateway } from "../../src/server/gateway.js";
+import { createObservability } from "../../src/server/observability.js";
 import { createLogger, type LogLevel } from "../../src/telemetry/logger.js";
 import { failure, value } from "../helpers/calls.js";
 
@@ -217,6 +218,19 @@ describe("the logger", () => {
     expect(text).toMatch(/INFO.*listening/);
     expect(text).toContain("port: 8080");
     expect(text).not.toContain("s3cret");
+  });
+
+  it("says where traces go without the credentials an endpoint URL carries", async () => {
+    const out = capture();
+    const telemetry = createObservability({
+      config: { otlpEndpoint: "" },
+      logger: createLogger("info", { pretty: false, destination: out }),
+      env: { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "http://ops:s3cret-g@127.0.0.1:9/v1/traces?key=s3cret-h" },
+    });
+    await telemetry.shutdown();
+    const lines = out.text().split("\n").filter(Boolean).map((l) => JSON.parse(l) as Line);
+    expect(lines.find((l) => l.msg === "exporting traces")?.url).toBe("http://127.0.0.1:9/v1/traces");
+    expect(out.text()).not.toContain("s3cret");
   });
 
   it.each([
