@@ -1,4 +1,4 @@
-import { ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { AgentService } from "../../gen/agent/v1/agent_pb.js";
 import { retryLater } from "../service/retry.js";
 import { tenantKey } from "../service/tenant.js";
@@ -102,7 +102,8 @@ export interface RateLimitOptions {
  * metadata becomes headers only in Connect unary (the 429 and other
  * refusals); in gRPC, gRPC-web and Connect streams it is a trailer, where
  * the draft forbids these fields, so there the refusal carries Retry-After
- * and RetryInfo only.
+ * and RetryInfo only. A refusal by a concurrency cap carries Retry-After
+ * and RetryInfo, not this bucket's fields.
  */
 export function createRateLimitInterceptor(options: RateLimitOptions): Interceptor {
   const { defaults, logger, onReject } = options;
@@ -137,7 +138,10 @@ export function createRateLimitInterceptor(options: RateLimitOptions): Intercept
         for (const [name, value] of Object.entries(headers)) res.header.set(name, value);
         return res;
       } catch (error) {
-        if (error instanceof ConnectError && errorsInHeaders) {
+        // A refusal by a concurrency cap is not about this bucket: its
+        // fields would say requests are left while the answer is 429.
+        const otherLimit = error instanceof ConnectError && error.code === Code.ResourceExhausted;
+        if (error instanceof ConnectError && errorsInHeaders && !otherLimit) {
           for (const [name, value] of Object.entries(headers)) {
             if (!error.metadata.has(name)) error.metadata.set(name, value);
           }

@@ -260,6 +260,8 @@ describe("caps on running invocations", () => {
     const http = await connectJson(gw, "StartInvocation", keyOf.c, { agent: "forever", input: {} });
     expect(http.status).toBe(429);
     expect(http.headers.get("retry-after")).toBe("1");
+    // The token bucket did not refuse it: its fields would contradict the 429.
+    expect(http.headers.get("ratelimit")).toBeNull();
 
     // Reading is not starting: it goes on.
     await expect(client.listInvocations({}, bearer(keyOf.a))).resolves.toBeDefined();
