@@ -179,7 +179,7 @@ export const OPTIONS = {
     env: "OTEL_EXPORTER_OTLP_ENDPOINT",
     schema: z.string(),
     default: "",
-    doc: "OTLP/HTTP base URL traces are exported to (the standard OTEL_EXPORTER_OTLP_* variables apply); empty: no export",
+    doc: "OTLP base URL traces are exported to (the standard OTEL_EXPORTER_OTLP_* variables apply, _PROTOCOL included); empty: no export",
   },
   logLevel: {
     env: "LOG_LEVEL",

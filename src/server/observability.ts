@@ -54,7 +54,10 @@ export function createObservability(options: ObservabilityOptions): Observabilit
     logger,
   });
   if (tracing.exportUrl) {
-    logger.info({ url: withoutCredentials(tracing.exportUrl) }, "exporting traces");
+    logger.info(
+      { url: withoutCredentials(tracing.exportUrl), protocol: tracing.exportProtocol },
+      "exporting traces",
+    );
   }
   return {
     metrics,

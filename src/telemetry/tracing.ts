@@ -7,7 +7,9 @@ import {
   type SpanOptions,
   type Tracer,
 } from "@opentelemetry/api";
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import { OTLPTraceExporter as GrpcExporter } from "@opentelemetry/exporter-trace-otlp-grpc";
+import { OTLPTraceExporter as JsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import { OTLPTraceExporter as ProtobufExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import {
   defaultResource,
   detectResources,
@@ -20,6 +22,7 @@ import {
   BatchSpanProcessor,
   RandomIdGenerator,
   type IdGenerator,
+  type SpanExporter,
 } from "@opentelemetry/sdk-trace-base";
 import type { Logger } from "./logger.js";
 
@@ -39,8 +42,10 @@ export interface TracingOptions {
 /** The tracer of one gateway and what it exports to. */
 export interface Tracing {
   readonly tracer: Tracer;
-  /** The OTLP/HTTP URL spans are posted to; undefined when not exporting. */
+  /** The URL spans are sent to; undefined when not exporting. */
   readonly exportUrl: string | undefined;
+  /** How they are sent; undefined when not exporting. */
+  readonly exportProtocol: OtlpProtocol | undefined;
   /**
    * Starts a span with the given span id instead of a random one: the span
    * of an invocation's first run gets one derived from the invocation id
@@ -65,7 +70,7 @@ export interface Tracing {
  */
 export function createTracing(options: TracingOptions = {}): Tracing {
   const env = options.env ?? process.env;
-  const url = exportUrlOf(options.endpoint ?? "", env);
+  const target = exportTargetOf(options.endpoint ?? "", env, options.logger);
   const ids = new ChosenSpanIds();
   const resource = defaultResource()
     .merge(detectResources({ detectors: [envDetector] }))
@@ -75,30 +80,28 @@ export function createTracing(options: TracingOptions = {}): Tracing {
       }),
     );
   let provider: BasicTracerProvider;
-  if (url === undefined) {
+  if (target === undefined) {
     provider = new BasicTracerProvider({
       resource,
       idGenerator: ids,
       sampler: new AlwaysOffSampler(),
     });
   } else {
-    if (options.logger) {
-      routeDiagnostics(options.logger);
-      warnOnProtocol(env, options.logger);
-    }
+    if (options.logger) routeDiagnostics(options.logger);
     provider = new BasicTracerProvider({
       resource,
       idGenerator: ids,
       // Batched, so an RPC never waits for the collector; the OTEL_BSP_*
       // variables tune it.
-      spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url }))],
+      spanProcessors: [new BatchSpanProcessor(exporterOf(target))],
     });
   }
   const tracer = provider.getTracer("agent-gateway");
   let stopping: Promise<void> | undefined;
   return {
     tracer,
-    exportUrl: url,
+    exportUrl: target?.url,
+    exportProtocol: target?.protocol,
     startSpanWithId(spanId, name, spanOptions, context) {
       // startSpan asks the generator for exactly one span id, synchronously.
       ids.next = spanId;
@@ -127,27 +130,58 @@ export function spanIdOf(invocationId: string): string {
   return hex === "0000000000000000" ? "0000000000000001" : hex;
 }
 
-/** Where spans go, by the OTel rules; undefined: nowhere. */
-function exportUrlOf(endpoint: string, env: NodeJS.ProcessEnv): string | undefined {
+/**
+ * The OTLP transports, as OTEL_EXPORTER_OTLP_PROTOCOL names them. The
+ * default is http/json: every collector takes it on its HTTP port, and a
+ * person can read it.
+ */
+export const OTLP_PROTOCOLS = ["http/json", "http/protobuf", "grpc"] as const;
+export type OtlpProtocol = (typeof OTLP_PROTOCOLS)[number];
+
+interface ExportTarget {
+  url: string;
+  protocol: OtlpProtocol;
+}
+
+/** Where spans go and how, by the OTel rules; undefined: nowhere. */
+function exportTargetOf(
+  endpoint: string,
+  env: NodeJS.ProcessEnv,
+  logger: Logger | undefined,
+): ExportTarget | undefined {
   if (env.OTEL_SDK_DISABLED?.trim().toLowerCase() === "true") return undefined;
   if (env.OTEL_TRACES_EXPORTER?.trim().toLowerCase() === "none") return undefined;
+  const protocol = protocolOf(env, logger);
   const traces = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim();
-  if (traces) return traces;
-  const base = endpoint.trim() || env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim();
-  return base ? `${base.replace(/\/+$/, "")}/v1/traces` : undefined;
+  if (traces) return { url: traces, protocol };
+  const base = (endpoint.trim() || env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim())?.replace(/\/+$/, "");
+  if (!base) return undefined;
+  // gRPC names the service in the call, HTTP in the path.
+  return { url: protocol === "grpc" ? base : `${base}/v1/traces`, protocol };
+}
+
+function protocolOf(env: NodeJS.ProcessEnv, logger: Logger | undefined): OtlpProtocol {
+  const asked = (
+    env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL || ""
+  ).trim();
+  if (asked === "") return "http/json";
+  if ((OTLP_PROTOCOLS as readonly string[]).includes(asked)) return asked as OtlpProtocol;
+  logger?.warn({ protocol: asked, using: "http/json" }, "unknown OTLP protocol");
+  return "http/json";
 }
 
 /**
- * This exporter speaks OTLP/HTTP with JSON bodies, which every collector
- * accepts on its HTTP port; say so when the environment asks for another
- * protocol rather than pretend to follow it.
+ * Each exporter reads the other OTEL_EXPORTER_OTLP_* variables (headers,
+ * timeout, compression, certificates) itself.
  */
-function warnOnProtocol(env: NodeJS.ProcessEnv, logger: Logger): void {
-  const protocol = (
-    env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL || ""
-  ).trim();
-  if (protocol && protocol !== "http/json") {
-    logger.warn({ protocol }, "traces are exported as OTLP http/json, not the protocol asked for");
+function exporterOf({ url, protocol }: ExportTarget): SpanExporter {
+  switch (protocol) {
+    case "http/json":
+      return new JsonExporter({ url });
+    case "http/protobuf":
+      return new ProtobufExporter({ url });
+    case "grpc":
+      return new GrpcExporter({ url });
   }
 }
 

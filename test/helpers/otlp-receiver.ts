@@ -1,9 +1,11 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import * as grpc from "@grpc/grpc-js";
 
 /**
  * A small OTLP/HTTP trace receiver on loopback, as a collector would be:
- * it accepts `POST /v1/traces` with an OTLP/JSON body and keeps every span.
+ * it accepts `POST /v1/traces` with an OTLP/JSON body and keeps every span,
+ * or with an OTLP/protobuf body, which it keeps as bytes.
  */
 export interface OtlpReceiver {
   /** The base URL, as OTEL_EXPORTER_OTLP_ENDPOINT takes it. */
@@ -12,6 +14,8 @@ export interface OtlpReceiver {
   spans(): ReceivedSpan[];
   /** The content types of the requests received, to see what came. */
   contentTypes(): string[];
+  /** The protobuf bodies received, undecoded. */
+  protobufBodies(): Buffer[];
   close(): Promise<void>;
 }
 
@@ -44,6 +48,7 @@ type OtlpAttributes = { key: string; value: OtlpValue }[] | undefined;
 export async function startOtlpReceiver(): Promise<OtlpReceiver> {
   const spans: ReceivedSpan[] = [];
   const types: string[] = [];
+  const protobufBodies: Buffer[] = [];
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on("data", (chunk: Buffer) => chunks.push(chunk));
@@ -53,6 +58,12 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
         return;
       }
       types.push(req.headers["content-type"] ?? "");
+      if (req.headers["content-type"] === "application/x-protobuf") {
+        protobufBodies.push(Buffer.concat(chunks));
+        // An empty ExportTraceServiceResponse.
+        res.writeHead(200, { "content-type": "application/x-protobuf" }).end();
+        return;
+      }
       try {
         spans.push(...decode(JSON.parse(Buffer.concat(chunks).toString("utf8"))));
       } catch {
@@ -68,6 +79,7 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
     url: `http://127.0.0.1:${port}`,
     spans: () => [...spans],
     contentTypes: () => [...types],
+    protobufBodies: () => [...protobufBodies],
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections();
@@ -135,4 +147,49 @@ function plain(value: OtlpValue): unknown {
   if (value.doubleValue !== undefined) return value.doubleValue;
   if (value.arrayValue !== undefined) return (value.arrayValue.values ?? []).map(plain);
   return undefined;
+}
+
+/** An OTLP/gRPC trace receiver on loopback that keeps each request's bytes. */
+export interface OtlpGrpcReceiver {
+  /** `http://127.0.0.1:<port>`, as OTEL_EXPORTER_OTLP_ENDPOINT takes it. */
+  url: string;
+  /** The ExportTraceServiceRequest messages received, undecoded. */
+  requests(): Buffer[];
+  close(): Promise<void>;
+}
+
+export async function startOtlpGrpcReceiver(): Promise<OtlpGrpcReceiver> {
+  const requests: Buffer[] = [];
+  const same = (b: Buffer) => b;
+  const server = new grpc.Server();
+  server.addService(
+    {
+      Export: {
+        path: "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: same,
+        requestDeserialize: same,
+        responseSerialize: same,
+        responseDeserialize: same,
+      },
+    },
+    {
+      Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, done: grpc.sendUnaryData<Buffer>) => {
+        requests.push(call.request);
+        // An empty ExportTraceServiceResponse.
+        done(null, Buffer.alloc(0));
+      },
+    },
+  );
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (error, bound) =>
+      error ? reject(error) : resolve(bound),
+    ),
+  );
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests: () => [...requests],
+    close: () => new Promise((resolve) => server.tryShutdown(() => resolve())),
+  };
 }

@@ -5,6 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Code, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { pino } from "pino";
 import { z } from "zod";
 import { AgentService, InvocationState } from "../../gen/agent/v1/agent_pb.js";
 import { defaultConfig } from "../../src/config.js";
@@ -17,7 +18,12 @@ import { silentLogger } from "../../src/telemetry/logger.js";
 import { createTracing, spanIdOf } from "../../src/telemetry/tracing.js";
 import { failure, value } from "../helpers/calls.js";
 import { startGateway } from "../helpers/gateway.js";
-import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from "../helpers/otlp-receiver.js";
+import {
+  startOtlpGrpcReceiver,
+  startOtlpReceiver,
+  type OtlpReceiver,
+  type ReceivedSpan,
+} from "../helpers/otlp-receiver.js";
 
 /**
  * Traces go to a real OTLP/HTTP receiver on loopback, the way a collector
@@ -409,5 +415,55 @@ describe("export settings", () => {
     await Promise.all([tracing.shutdown(), tracing.shutdown()]);
     expect(receiver.spans().map((s) => s.name)).toContain(`exported via ${variable}`);
     expect(receiver.contentTypes().every((t) => t.startsWith("application/json"))).toBe(true);
+  });
+
+  it("follows OTEL_EXPORTER_OTLP_PROTOCOL http/protobuf", async () => {
+    const tracing = createTracing({
+      env: { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf" },
+    });
+    expect([tracing.exportUrl, tracing.exportProtocol]).toEqual([
+      `${receiver.url}/v1/traces`,
+      "http/protobuf",
+    ]);
+    const span = tracing.tracer.startSpan("exported as protobuf");
+    span.end();
+    await tracing.shutdown();
+    // Protobuf keeps strings as they are and ids as raw bytes.
+    const body = Buffer.concat(receiver.protobufBodies());
+    expect(body.includes("exported as protobuf")).toBe(true);
+    expect(body.includes(Buffer.from(span.spanContext().traceId, "hex"))).toBe(true);
+  });
+
+  it("follows OTEL_EXPORTER_OTLP_TRACES_PROTOCOL grpc", async () => {
+    const collector = await startOtlpGrpcReceiver();
+    try {
+      const tracing = createTracing({
+        env: { OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "grpc" },
+      });
+      // gRPC names the service in the call, not in the URL.
+      expect([tracing.exportUrl, tracing.exportProtocol]).toEqual([collector.url, "grpc"]);
+      const span = tracing.tracer.startSpan("exported over grpc");
+      span.end();
+      await tracing.shutdown();
+      const body = Buffer.concat(collector.requests());
+      expect(body.includes("exported over grpc")).toBe(true);
+      expect(body.includes(Buffer.from(span.spanContext().traceId, "hex"))).toBe(true);
+    } finally {
+      await collector.close();
+    }
+  });
+
+  it("exports http/json when the protocol is unknown, and says so", async () => {
+    const out: string[] = [];
+    const logger = pino({ level: "warn" }, { write: (line: string) => void out.push(line) });
+    const tracing = createTracing({
+      env: { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL: "carrier-pigeon" },
+      logger,
+    });
+    expect(tracing.exportProtocol).toBe("http/json");
+    await tracing.shutdown();
+    expect(out.map((line) => JSON.parse(line) as unknown)).toContainEqual(
+      expect.objectContaining({ msg: "unknown OTLP protocol", protocol: "carrier-pigeon" }),
+    );
   });
 });
