@@ -354,7 +354,7 @@ export class SqliteStore implements Store {
       return { invocation: toInvocation(row), created: false };
     }
     this.sql.insertTask.run(taskParams(startTask));
-    this.sql.insertEvent.run(eventParams(started));
+    this.insertEvent(started);
     // What was just inserted, as a read would return it, without the read.
     return {
       invocation: withoutUndefined({ ...inv, lastSequence: started.sequence }),
@@ -369,22 +369,15 @@ export class SqliteStore implements Store {
     const follows = (events[0]?.sequence ?? 1) - 1;
     checkEvents(id, follows, events);
 
-    const set = change.set ?? {};
+    const set = change.set;
     const lastEvent = events.at(-1);
     // One statement both checks that the invocation exists and that the
-    // events follow its last one, and updates it.
-    const updated = this.sql.updateInvocation.run({
-      id,
-      follows: events.length > 0 ? follows : null,
-      state: set.state ?? null,
-      result: jsonOrNull(set.result),
-      errorCode: set.error?.code ?? null,
-      errorMessage: set.error?.message ?? null,
-      finishedAt: set.finishedAt ?? null,
-      traceId: set.traceId ?? null,
-      lastSequence: lastEvent?.sequence ?? null,
-      updatedAt: lastEvent?.time ?? null,
-    });
+    // events follow its last one, and updates it. Most changes (chunks)
+    // only append events: they take the short statement.
+    const updated =
+      set === undefined && lastEvent
+        ? this.sql.advanceInvocation.run(lastEvent.sequence, lastEvent.time, id, follows)
+        : this.updateInvocation(id, events.length > 0 ? follows : null, set ?? {}, lastEvent);
     if (updated.changes === 0) this.refuseChange(id, follows);
 
     for (const task of change.newTasks ?? []) {
@@ -424,7 +417,32 @@ export class SqliteStore implements Store {
       }
     }
 
-    for (const event of events) this.sql.insertEvent.run(eventParams(event));
+    for (const event of events) this.insertEvent(event);
+  }
+
+  /** Positional parameters: on the chunk path, binding by name costs. */
+  private insertEvent(e: StoredEvent): void {
+    this.sql.insertEvent.run(e.invocationId, e.sequence, e.time, JSON.stringify(e.body));
+  }
+
+  private updateInvocation(
+    id: string,
+    follows: number | null,
+    set: NonNullable<InvocationChange["set"]>,
+    lastEvent: StoredEvent | undefined,
+  ): Database.RunResult {
+    return this.sql.updateInvocation.run({
+      id,
+      follows,
+      state: set.state ?? null,
+      result: jsonOrNull(set.result),
+      errorCode: set.error?.code ?? null,
+      errorMessage: set.error?.message ?? null,
+      finishedAt: set.finishedAt ?? null,
+      traceId: set.traceId ?? null,
+      lastSequence: lastEvent?.sequence ?? null,
+      updatedAt: lastEvent?.time ?? null,
+    });
   }
 
   /** Says why the update of a change matched no invocation. */
@@ -480,14 +498,16 @@ UPDATE invocations SET
   last_sequence = coalesce(@lastSequence, last_sequence),
   updated_at = coalesce(@updatedAt, updated_at)
 WHERE id = @id AND (@follows IS NULL OR last_sequence = @follows)`),
+    advanceInvocation: db.prepare(`
+UPDATE invocations SET last_sequence = ?, updated_at = ?
+WHERE id = ? AND last_sequence = ?`),
     listFirst: db.prepare(listSql(false)),
     listAfter: db.prepare(listSql(true)),
     listUnfinished: db.prepare(`
 SELECT * FROM invocations WHERE state IN ${UNFINISHED}
 ORDER BY created_at, id`),
     insertEvent: db.prepare(
-      "INSERT INTO events (invocation_id, sequence, time, body) " +
-        "VALUES (@invocationId, @sequence, @time, @body)",
+      "INSERT INTO events (invocation_id, sequence, time, body) VALUES (?, ?, ?, ?)",
     ),
     readEvents: db.prepare(`
 SELECT * FROM events WHERE invocation_id = ? AND sequence > ?
@@ -625,15 +645,6 @@ function inputRequestParams(r: InputRequestRecord) {
     answer: jsonOrNull(r.answer),
     createdAt: r.createdAt,
     answeredAt: r.answeredAt ?? null,
-  };
-}
-
-function eventParams(e: StoredEvent) {
-  return {
-    invocationId: e.invocationId,
-    sequence: e.sequence,
-    time: e.time,
-    body: JSON.stringify(e.body),
   };
 }
 
