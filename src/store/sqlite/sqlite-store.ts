@@ -134,6 +134,8 @@ export class SqliteStore implements Store {
   private readonly sql: ReturnType<typeof prepareStatements>;
   /** Runs a batch of writes in one immediate transaction. */
   private readonly batchTx: (batch: PendingWrite[]) => Outcome[];
+  /** Invocation updates by the columns they set; see updateInvocation. */
+  private readonly updates = new Map<string, Database.Statement>();
   private pending: PendingWrite[] = [];
   private flushScheduled = false;
 
@@ -369,15 +371,15 @@ export class SqliteStore implements Store {
     const follows = (events[0]?.sequence ?? 1) - 1;
     checkEvents(id, follows, events);
 
-    const set = change.set;
     const lastEvent = events.at(-1);
     // One statement both checks that the invocation exists and that the
-    // events follow its last one, and updates it. Most changes (chunks)
-    // only append events: they take the short statement.
-    const updated =
-      set === undefined && lastEvent
-        ? this.sql.advanceInvocation.run(lastEvent.sequence, lastEvent.time, id, follows)
-        : this.updateInvocation(id, events.length > 0 ? follows : null, set ?? {}, lastEvent);
+    // events follow its last one, and updates it.
+    const updated = this.updateInvocation(
+      id,
+      events.length > 0 ? follows : undefined,
+      change.set ?? {},
+      lastEvent,
+    );
     if (updated.changes === 0) this.refuseChange(id, follows);
 
     for (const task of change.newTasks ?? []) {
@@ -425,24 +427,47 @@ export class SqliteStore implements Store {
     this.sql.insertEvent.run(e.invocationId, e.sequence, e.time, JSON.stringify(e.body));
   }
 
+  /**
+   * Updates the columns a change sets, and no other: most changes set one
+   * or two (a chunk only moves last_sequence), and a statement that names
+   * every column costs twice as much. One prepared statement per shape.
+   */
   private updateInvocation(
     id: string,
-    follows: number | null,
+    follows: number | undefined,
     set: NonNullable<InvocationChange["set"]>,
     lastEvent: StoredEvent | undefined,
   ): Database.RunResult {
-    return this.sql.updateInvocation.run({
-      id,
-      follows,
-      state: set.state ?? null,
-      result: jsonOrNull(set.result),
-      errorCode: set.error?.code ?? null,
-      errorMessage: set.error?.message ?? null,
-      finishedAt: set.finishedAt ?? null,
-      traceId: set.traceId ?? null,
-      lastSequence: lastEvent?.sequence ?? null,
-      updatedAt: lastEvent?.time ?? null,
-    });
+    const columns: string[] = [];
+    const values: unknown[] = [];
+    const put = (column: string, value: unknown) => {
+      columns.push(column);
+      values.push(value);
+    };
+    if (set.state !== undefined) put("state", set.state);
+    if (set.result !== undefined) put("result", JSON.stringify(set.result));
+    if (set.error !== undefined) {
+      put("error_code", set.error.code);
+      put("error_message", set.error.message);
+    }
+    if (set.finishedAt !== undefined) put("finished_at", set.finishedAt);
+    if (set.traceId !== undefined) put("trace_id", set.traceId);
+    if (lastEvent) {
+      put("last_sequence", lastEvent.sequence);
+      put("updated_at", lastEvent.time);
+    }
+    values.push(id);
+    if (follows !== undefined) values.push(follows);
+    const shape = `${columns.join(",")}|${follows !== undefined}`;
+    let statement = this.updates.get(shape);
+    if (!statement) {
+      // Nothing to set still checks that the invocation exists.
+      const assignments = columns.length > 0 ? columns.map((c) => `${c} = ?`).join(", ") : "id = id";
+      const check = follows !== undefined ? " AND last_sequence = ?" : "";
+      statement = this.db.prepare(`UPDATE invocations SET ${assignments} WHERE id = ?${check}`);
+      this.updates.set(shape, statement);
+    }
+    return statement.run(...values);
   }
 
   /** Says why the update of a change matched no invocation. */
@@ -486,21 +511,6 @@ INSERT INTO invocations (
 )
 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL
 DO NOTHING`),
-    // NULL means "leave as is": every JSON value arrives as non-NULL text.
-    updateInvocation: db.prepare(`
-UPDATE invocations SET
-  state = coalesce(@state, state),
-  result = coalesce(@result, result),
-  error_code = coalesce(@errorCode, error_code),
-  error_message = coalesce(@errorMessage, error_message),
-  finished_at = coalesce(@finishedAt, finished_at),
-  trace_id = coalesce(@traceId, trace_id),
-  last_sequence = coalesce(@lastSequence, last_sequence),
-  updated_at = coalesce(@updatedAt, updated_at)
-WHERE id = @id AND (@follows IS NULL OR last_sequence = @follows)`),
-    advanceInvocation: db.prepare(`
-UPDATE invocations SET last_sequence = ?, updated_at = ?
-WHERE id = ? AND last_sequence = ?`),
     listFirst: db.prepare(listSql(false)),
     listAfter: db.prepare(listSql(true)),
     listUnfinished: db.prepare(`
