@@ -77,6 +77,8 @@ export class Execution {
   private pendingChunks = 0;
   /** Set once the terminal change is enqueued; nothing runs after it. */
   private ending = false;
+  /** Set once the terminal change is enqueued: no write may follow it. */
+  private closed = false;
   /** Set when the gateway stops: nothing more is written. */
   private stopped = false;
   private deadlineTimer: NodeJS.Timeout | undefined;
@@ -433,8 +435,9 @@ export class Execution {
     for (const t of running.tasks) t.state = "finished";
     for (const t of newTasks) this.tasks.set(t.taskId, t);
     this.running.delete(running);
-    if (!result) change.set = this.stateChange();
-    await this.write(change);
+    if (result) this.abortAll("the invocation has its result");
+    else change.set = this.stateChange();
+    await this.write(change, result !== undefined);
     if (result) this.finish(change.set!);
   }
 
@@ -525,7 +528,7 @@ export class Execution {
     const set = { state, error, finishedAt: Date.now() };
     this.log.info({ state, error }, "invocation ended");
     try {
-      await this.write({ set, events: [this.event(body)] });
+      await this.write({ set, events: [this.event(body)] }, true);
     } catch {
       return;
     }
@@ -577,12 +580,17 @@ export class Execution {
   }
 
   /**
-   * Enqueues a change for the group commit. A failed write stops the
-   * execution: memory is ahead of the store, so the store's version wins
-   * and the invocation resumes from it at the next start.
+   * Enqueues a change for the group commit; `last` marks the terminal
+   * change. A failed write stops the execution: memory is ahead of the
+   * store, so the store's version wins and the invocation resumes from it
+   * at the next start.
    */
-  private async write(change: Omit<InvocationChange, "invocationId">) {
+  private async write(change: Omit<InvocationChange, "invocationId">, last = false) {
     if (this.stopped) throw new Stopped("the gateway is stopping");
+    // The terminal event is the last of the log, whatever a node that was
+    // aborted late still tries to record.
+    if (this.closed) throw new Stopped("the invocation has ended");
+    if (last) this.closed = true;
     if (change.set?.state) this.state = change.set.state;
     this.options.observer.change(change);
     try {

@@ -2,7 +2,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { z } from "zod";
 import { approval } from "../../src/agents/approval.js";
 import { echo } from "../../src/agents/echo.js";
@@ -229,6 +229,50 @@ describe("an aggregate node", () => {
       (b) => b.type === "node_finished" && b.node === "double",
     );
     expect(lastDouble).toBeLessThan(sumAt);
+  });
+});
+
+describe("a result", () => {
+  it("aborts the nodes still running, and nothing is recorded after completed", async () => {
+    let slowAborted = false;
+    let lateWrite: unknown;
+    const race = defineAgent({
+      name: "race",
+      description: "One node answers while another still works.",
+      input: z.object({}),
+      output: z.object({ winner: z.string() }),
+      start: "fork",
+      nodes: {
+        fork: async (ctx) => {
+          ctx.emit("slow", {});
+          ctx.emit("fast", {});
+        },
+        slow: async (ctx) => {
+          await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+          slowAborted = true;
+          // What an agent that ignores its signal would try next.
+          lateWrite = await ctx
+            .requestInput({ prompt: "too late", schema: z.boolean() })
+            .catch((error: unknown) => error);
+        },
+        fast: async (ctx) => {
+          // Let slow start first, so that it is running when this finishes.
+          await sleep(20);
+          ctx.result({ winner: "fast" });
+        },
+      },
+    });
+    const h = harness([race]);
+    const { id, bodies, final } = await run(h, "race", {});
+    expect(final.state).toBe("succeeded");
+    expect(bodies.at(-1)).toEqual({ type: "completed", result: { winner: "fast" } });
+    await vi.waitFor(() => expect(lateWrite).toBeDefined());
+    expect(slowAborted).toBe(true);
+    expect(lateWrite).toBeInstanceOf(Error);
+    // The stored log still ends with completed.
+    const stored = await h.store.readEvents(id, 0, 100);
+    expect(stored.at(-1)?.body.type).toBe("completed");
+    expect((await h.store.getInvocation(id))?.lastSequence).toBe(stored.length);
   });
 });
 
