@@ -124,12 +124,6 @@ export class Runtime {
     request: StartRequest,
   ): Promise<{ invocation: InvocationRecord; created: boolean }> {
     this.refuseWhenClosing();
-    if (this.draining) {
-      throw new RuntimeError(
-        "unavailable",
-        "the gateway is shutting down; retry on another instance",
-      );
-    }
     const agent = this.agents.get(request.agent);
     if (!agent) {
       throw new RuntimeError("not_found", `agent ${request.agent} not found`);
@@ -151,10 +145,22 @@ export class Runtime {
     if (request.timeoutMs !== undefined && !(request.timeoutMs > 0)) {
       throw new RuntimeError("invalid_argument", "timeout must be positive");
     }
-    // Counted before the first await, so that racing starts cannot pass
+    const input = parsed.data as Json;
+    // A retry gets what its key already names, even past a cap or while
+    // draining: retrying a start is always safe.
+    if (key !== undefined) {
+      const existing = await this.store.findByIdempotencyKey(request.tenant, key);
+      if (existing) return { invocation: sameStart(existing, agent.name, input), created: false };
+    }
+    if (this.draining) {
+      throw new RuntimeError(
+        "unavailable",
+        "the gateway is shutting down; retry on another instance",
+      );
+    }
+    // Counted before the next await, so that racing starts cannot pass
     // the cap together; given back if nothing new runs.
     const slot = this.admission.reserve(request.tenant);
-    const input = parsed.data as Json;
     const now = Date.now();
     const invocation: InvocationRecord = {
       id: randomUUID(),
@@ -201,18 +207,9 @@ export class Runtime {
       throw error;
     });
     if (!result.created) {
+      // A racing start with the same key was first.
       slot.release();
-      const existing = result.invocation;
-      if (
-        existing.agent !== invocation.agent ||
-        canonicalJson(existing.input) !== canonicalJson(input)
-      ) {
-        throw new RuntimeError(
-          "invalid_argument",
-          `idempotency_key ${key} was already used with another agent or input`,
-        );
-      }
-      return result;
+      return { invocation: sameStart(result.invocation, agent.name, input), created: false };
     }
     run.change({ set: { state: invocation.state }, events: [started] });
     this.hub.publish(started);
@@ -501,4 +498,18 @@ export class Runtime {
     }
     return record;
   }
+}
+
+/**
+ * The invocation an idempotency key already names, if it was started with
+ * this agent and input; INVALID_ARGUMENT if not.
+ */
+function sameStart(existing: InvocationRecord, agent: string, input: Json): InvocationRecord {
+  if (existing.agent !== agent || canonicalJson(existing.input) !== canonicalJson(input)) {
+    throw new RuntimeError(
+      "invalid_argument",
+      `idempotency_key ${existing.idempotencyKey} was already used with another agent or input`,
+    );
+  }
+  return existing;
 }

@@ -108,6 +108,12 @@ export interface Store {
 
   getInvocation(id: string): Promise<InvocationRecord | undefined>;
 
+  /** The invocation a tenant's idempotency key names, if any. */
+  findByIdempotencyKey(
+    tenant: string,
+    key: string,
+  ): Promise<InvocationRecord | undefined>;
+
   /**
    * Newest first (by creation time, then id). Throws InvalidCursorError for
    * a cursor it did not hand out.

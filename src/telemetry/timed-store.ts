@@ -24,6 +24,9 @@ export function timeStore(store: Store, metrics: GatewayMetrics): Store {
     createInvocation: timed("createInvocation", (init) => store.createInvocation(init)),
     write: timed("write", (changes) => store.write(changes)),
     getInvocation: timed("getInvocation", (id) => store.getInvocation(id)),
+    findByIdempotencyKey: timed("findByIdempotencyKey", (tenant, key) =>
+      store.findByIdempotencyKey(tenant, key),
+    ),
     listInvocations: timed("listInvocations", (query) => store.listInvocations(query)),
     listUnfinished: timed("listUnfinished", () => store.listUnfinished()),
     readEvents: timed("readEvents", (id, after, limit) => store.readEvents(id, after, limit)),

@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { InvocationState } from "../../gen/agent/v1/agent_pb.js";
 import { RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import type { ApiKeyEntry } from "../../src/config.js";
 import { generateApiKey, hashApiKey } from "../../src/server/api-keys.js";
@@ -279,6 +280,28 @@ describe("caps on running invocations", () => {
       for (const inv of invocations) {
         await client.cancelInvocation({ invocationId: inv.id }, bearer(key));
       }
+    }
+  });
+
+  it("lets a retry with the same idempotency key through at the cap, with its invocation", async () => {
+    const client = gw.client("grpc");
+    const keyed = (key: string) => ({ ...forever, idempotencyKey: key });
+    const first = await client.startInvocation(keyed("retry-1"), bearer(keyOf.a));
+    await client.startInvocation(forever, bearer(keyOf.a));
+    // Tenant a runs 2, its cap: a new start is refused, a retry is not.
+    const again = await client.startInvocation(keyed("retry-1"), bearer(keyOf.a));
+    expect(again.invocation?.id).toBe(first.invocation?.id);
+    const refused = await failure(client.startInvocation(keyed("retry-2"), bearer(keyOf.a)));
+    expect(refused.code).toBe(Code.ResourceExhausted);
+
+    const { invocations } = await client.listInvocations(
+      { states: [InvocationState.RUNNING] },
+      bearer(keyOf.a),
+    );
+    expect(invocations.map((i) => i.id)).toContain(first.invocation?.id);
+    expect(invocations).toHaveLength(2);
+    for (const inv of invocations) {
+      await client.cancelInvocation({ invocationId: inv.id }, bearer(keyOf.a));
     }
   });
 

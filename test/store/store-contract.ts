@@ -115,6 +115,14 @@ export function describeStoreContract(
         expect(await store.readEvents(secondId, 0, 10)).toEqual([]);
       });
 
+      it("finds the invocation a tenant's key names, and only that", async () => {
+        const first = newInvocation({ tenant: "a", idempotencyKey: "k" });
+        await store.createInvocation(first);
+        expect(await store.findByIdempotencyKey("a", "k")).toEqual(first.invocation);
+        expect(await store.findByIdempotencyKey("b", "k")).toBeUndefined();
+        expect(await store.findByIdempotencyKey("a", "other")).toBeUndefined();
+      });
+
       it("scopes keys to a tenant", async () => {
         const a = newInvocation({ tenant: "a", idempotencyKey: "k" });
         const b = newInvocation({ tenant: "b", idempotencyKey: "k" });

@@ -211,6 +211,16 @@ export class SqliteStore implements Store {
     return row && toInvocation(row);
   }
 
+  async findByIdempotencyKey(
+    tenant: string,
+    key: string,
+  ): Promise<InvocationRecord | undefined> {
+    const row = this.sql.getByIdempotencyKey.get(tenant, key) as
+      | InvocationRow
+      | undefined;
+    return row && toInvocation(row);
+  }
+
   async listInvocations(query: ListQuery): Promise<ListPage> {
     assertLimit(query.limit);
     const params = {
