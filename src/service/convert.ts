@@ -157,13 +157,24 @@ export function heartbeatToProto(invocationId: string, beat: Heartbeat): Event {
   });
 }
 
+/**
+ * A live event reaches every watcher of its invocation as the same object:
+ * it is converted once, not once per watcher. Nothing mutates the result.
+ */
+const converted = new WeakMap<StoredEvent, Event>();
+
 export function eventToProto(event: StoredEvent): Event {
-  return create(EventSchema, {
-    invocationId: event.invocationId,
-    sequence: BigInt(event.sequence),
-    time: timestampFromMs(event.time),
-    kind: kindToProto(event.body),
-  });
+  let message = converted.get(event);
+  if (message === undefined) {
+    message = create(EventSchema, {
+      invocationId: event.invocationId,
+      sequence: BigInt(event.sequence),
+      time: timestampFromMs(event.time),
+      kind: kindToProto(event.body),
+    });
+    converted.set(event, message);
+  }
+  return message;
 }
 
 function kindToProto(body: EventBody): Event["kind"] {
