@@ -1,4 +1,4 @@
-import { z } from "zod";
+import type { z } from "zod";
 import type { Logger } from "../telemetry/logger.js";
 import type { Json } from "../store/types.js";
 

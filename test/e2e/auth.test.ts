@@ -5,7 +5,8 @@ import { Writable } from "node:stream";
 import { Code, ConnectError, createClient, type CallOptions } from "@connectrpc/connect";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AgentService, InvocationState } from "../../gen/agent/v1/agent_pb.js";
+import type { AgentService} from "../../gen/agent/v1/agent_pb.js";
+import { InvocationState } from "../../gen/agent/v1/agent_pb.js";
 import {
   ServerReflection,
   type ServerReflectionRequest,

@@ -39,7 +39,7 @@ export function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Finish
   let stderr = "";
   child.stdout!.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-  const timer = setTimeout(() => killGroup(child), BOUND_MS);
+  const timer = setTimeout(() => void killGroup(child), BOUND_MS);
   return new Promise((resolve) => {
     child.once("close", (code) => {
       clearTimeout(timer);

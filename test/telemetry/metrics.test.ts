@@ -1,7 +1,8 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, type Client } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AgentService, InvocationState } from "../../gen/agent/v1/agent_pb.js";
+import type { AgentService} from "../../gen/agent/v1/agent_pb.js";
+import { InvocationState } from "../../gen/agent/v1/agent_pb.js";
 import { generateApiKey, hashApiKey } from "../../src/server/api-keys.js";
 import { testAgents } from "../fixtures/agents.js";
 import { failure, value } from "../helpers/calls.js";
