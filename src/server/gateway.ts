@@ -122,7 +122,10 @@ export function createGateway(options: GatewayOptions): Gateway {
       }),
     ],
     readMaxBytes: config.maxMessageBytes,
-    maxTimeoutMs: config.maxTimeoutMs,
+    // Our 0 means no cap; connect-es would read it as a cap of 0 ms and
+    // refuse every deadline. It spells "no cap" undefined
+    // (protocol/universal-handler.ts).
+    maxTimeoutMs: config.maxTimeoutMs === 0 ? undefined : config.maxTimeoutMs,
     shutdownSignal: shutdown.signal,
   });
   const handler = withPlainRoutes(
