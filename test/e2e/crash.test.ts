@@ -21,13 +21,17 @@ import {
 import { DATABASE_FILE } from "../../src/server/gateway.js";
 import { createSqliteStore } from "../../src/store/sqlite/sqlite-store.js";
 import type { StoredEvent } from "../../src/store/types.js";
+import { NODE_RUNS_ENV, readNodeRuns, type NodeRun } from "../fixtures/node-runs.js";
 import { collect, expectWholeLog, json, ofKind, range, value } from "../helpers/event-log.js";
 
 /**
  * A gateway killed with SIGKILL in the middle of its invocations resumes
  * them when it starts again on the same data: finished nodes do not run
  * again, the nodes that were running do, answered input requests are not
- * asked again, and every event log stays 1..n without a gap.
+ * asked again, and every event log stays 1..n without a gap. Which nodes
+ * ran is judged twice: from the gateway's events and from the record the
+ * fixture agents' nodes keep themselves (NODE_RUNS_FILE), which a gateway
+ * that re-ran a finished node under a new task id could not hide from.
  */
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -46,8 +50,11 @@ interface Child {
 
 const children = new Set<ChildProcess>();
 
-/** `npm start` as a user runs it, on a free port; resolves once it listens. */
-async function startChild(dataDir: string): Promise<Child> {
+/**
+ * `npm start` as a user runs it, on a free port; resolves once it listens.
+ * The fixture agents' nodes record their runs in `runsFile`.
+ */
+async function startChild(dataDir: string, runsFile: string): Promise<Child> {
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
     cwd: ROOT,
     env: {
@@ -56,6 +63,7 @@ async function startChild(dataDir: string): Promise<Child> {
       HOST: "127.0.0.1",
       DATA_DIR: dataDir,
       AGENT_MODULES,
+      [NODE_RUNS_ENV]: runsFile,
       LOG_LEVEL: "info",
     },
     // Its own process group, so that killing the group kills all of it.
@@ -136,6 +144,16 @@ const PLAN = {
 type Name = keyof typeof PLAN;
 const NAMES = Object.keys(PLAN) as Name[];
 
+/** The invocations whose nodes record their own runs: nodes in order. */
+const RECORDED_NODES = {
+  chain1: ["a", "b", "c"],
+  chain2: ["a", "b", "c"],
+  chain3: ["a", "b", "c"],
+  review: ["ask", "apply"],
+} satisfies Partial<Record<Name, string[]>>;
+type Recorded = keyof typeof RECORDED_NODES;
+const RECORDED = Object.keys(RECORDED_NODES) as Recorded[];
+
 const APPROVED_ANSWER = { approved: true, comment: "before the crash" };
 const REVIEW_ANSWER = { approved: false, comment: "not like this" };
 const LATE_ANSWER = { approved: true, comment: "after the restart" };
@@ -143,6 +161,23 @@ const LATE_ANSWER = { approved: true, comment: "after the restart" };
 /** True when `events` holds a `node` event of `kind`. */
 function has(events: Event[], kind: "nodeStarted" | "nodeFinished", node: string) {
   return ofKind(events, kind).some((e) => e.kind.value.node === node);
+}
+
+/** The runs of one invocation in a record of node runs. */
+function runsOf(runs: NodeRun[], name: Name): NodeRun[] {
+  return runs.filter((r) => r.invocationId === ids[name]);
+}
+
+/** The runs that started and did not return: no `end` for the attempt. */
+function unfinished(runs: NodeRun[]): NodeRun[] {
+  const attempt = (r: NodeRun) => `${r.taskId} ${r.attempt}`;
+  const ended = new Set(runs.filter((r) => r.phase === "end").map(attempt));
+  return runs.filter((r) => r.phase === "start" && !ended.has(attempt(r)));
+}
+
+/** The nodes whose runs returned, in the order they did. */
+function ended(runs: NodeRun[]): string[] {
+  return runs.filter((r) => r.phase === "end").map((r) => r.node);
 }
 
 /** What the store held when the process died. */
@@ -154,6 +189,12 @@ interface Snapshot {
 }
 
 let dataDir: string;
+/** The nodes' own record of their runs, kept beside the data. */
+let runsFile: string;
+/** The record as the killed process left it. */
+let runsBefore: NodeRun[] = [];
+/** What the restarted process added to it. */
+let runsAfter: NodeRun[] = [];
 let child: Child | undefined;
 const ids = {} as Record<Name, string>;
 /** What watchers saw before the crash, per invocation. */
@@ -164,7 +205,8 @@ const logs = {} as Record<Exclude<Name, "waiting">, Event[]>;
 
 beforeAll(async () => {
   dataDir = await mkdtemp(join(tmpdir(), "agent-gateway-crash-"));
-  child = await startChild(dataDir);
+  runsFile = join(dataDir, "node-runs.log");
+  child = await startChild(dataDir, runsFile);
   const first = child;
 
   // Start everything, over two protocols, and watch it all.
@@ -212,11 +254,18 @@ beforeAll(async () => {
     review: (e) => ofKind(e, "inputProvided").length === 1 && !has(e, "nodeFinished", "ask"),
     waiting: (e) => ofKind(e, "inputRequested").length === 1,
   };
-  await until("every invocation is mid-graph", () =>
-    NAMES.every((name) => midGraph[name](seen[name])),
-  );
+  // And by the nodes' own record, each recording invocation is inside a
+  // node, not between a node's return and its checkpoint.
+  await until("every invocation is mid-graph", () => {
+    const runs = readNodeRuns(runsFile);
+    return (
+      NAMES.every((name) => midGraph[name](seen[name])) &&
+      RECORDED.every((name) => unfinished(runsOf(runs, name)).length === 1)
+    );
+  });
 
   await killChild(first.process);
+  runsBefore = readNodeRuns(runsFile);
   stopWatching.abort();
   first.disconnect();
   await Promise.all(watchers);
@@ -246,7 +295,7 @@ beforeAll(async () => {
   }
 
   // Start again on the same data and follow every invocation to its end.
-  child = await startChild(dataDir);
+  child = await startChild(dataDir, runsFile);
   const second = child;
   await Promise.all(
     NAMES.filter((name) => name !== "waiting").map(async (name) => {
@@ -258,6 +307,7 @@ beforeAll(async () => {
       );
     }),
   );
+  runsAfter = readNodeRuns(runsFile).slice(runsBefore.length);
 }, 2 * BOUND_MS);
 
 afterAll(async () => {
@@ -286,6 +336,23 @@ describe("after kill -9 and a restart on the same data", () => {
     // each chain's b or c).
     for (const name of NAMES) {
       expect(snapshot[name].interrupted.size, name).toBe(name === "approved" ? 0 : 1);
+    }
+    // The nodes' own record agrees with the store: what had returned was
+    // stored as finished, and what was running was stored as started.
+    for (const name of RECORDED) {
+      const before = runsOf(runsBefore, name);
+      const finished = snapshot[name].events.flatMap(({ body }) =>
+        body.type === "node_finished" ? [body.node] : [],
+      );
+      expect(ended(before), name).toEqual(finished);
+      expect(
+        new Map(unfinished(before).map((r) => [r.taskId, r.attempt])),
+        name,
+      ).toEqual(snapshot[name].interrupted);
+    }
+    // Each chain had finished a and was inside b or c.
+    for (const name of ["chain1", "chain2", "chain3"] as const) {
+      expect(ended(runsOf(runsBefore, name))[0], name).toBe("a");
     }
   });
 
@@ -318,6 +385,31 @@ describe("after kill -9 and a restart on the same data", () => {
       );
       expect(laterStarts, taskId).toEqual([]);
     }
+  });
+
+  it.each(RECORDED)("%s, by its nodes' own record, ran no finished node again", (name) => {
+    const finished = ended(runsOf(runsBefore, name));
+    const startedAfter = runsOf(runsAfter, name)
+      .filter((r) => r.phase === "start")
+      .map((r) => r.node);
+    for (const node of finished) expect(startedAfter, node).not.toContain(node);
+  });
+
+  it.each(RECORDED)("%s, by its nodes' own record, ran its interrupted node again", (name) => {
+    const [interrupted, ...others] = unfinished(runsOf(runsBefore, name));
+    expect(interrupted).toBeDefined();
+    expect(others).toEqual([]);
+    const rerun = runsOf(runsAfter, name).find(
+      (r) => r.phase === "start" && r.node === interrupted!.node,
+    );
+    expect(rerun?.taskId, interrupted!.node).toBe(interrupted!.taskId);
+    expect(rerun?.attempt, interrupted!.node).toBeGreaterThan(interrupted!.attempt);
+  });
+
+  it.each(RECORDED)("%s, by its nodes' own record, finished each node once", (name) => {
+    const all = [...runsOf(runsBefore, name), ...runsOf(runsAfter, name)];
+    expect(ended(all)).toEqual(RECORDED_NODES[name]);
+    expect(unfinished(runsOf(runsAfter, name))).toEqual([]);
   });
 
   it.each(RESUMED)("%s ran its interrupted node again", (name) => {
