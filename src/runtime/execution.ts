@@ -75,7 +75,10 @@ export class Execution {
   private readonly running = new Set<Running>();
   private nextTaskNumber = 1;
   private pendingChunks = 0;
-  /** Set once the terminal change is enqueued; nothing runs after it. */
+  /**
+   * Set when the invocation begins to end (a result, a failure, a cancel,
+   * a stop): no node starts after it.
+   */
   private ending = false;
   /** Set once the terminal change is enqueued: no write may follow it. */
   private closed = false;

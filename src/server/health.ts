@@ -20,10 +20,10 @@ const PING_TIMEOUT_MS = 2_000;
 /** How often a Watch stream checks readiness again, by default. */
 export const WATCH_INTERVAL_MS = 5_000;
 
-/** Ready, or why not, for logs and the body of `/readyz`. */
 /**
- * `reason` is what an unauthenticated probe may read; `cause`, the store's
- * own error, is for the log only (it can name hosts and users).
+ * Ready, or why not: `reason` is the body of `/readyz`, which any probe may
+ * read; `cause`, the store's own error, is for the log only (it can name
+ * hosts and users).
  */
 export type Readiness =
   | { ready: true }
