@@ -538,3 +538,23 @@ describe("SIGTERM with invocations that outlast the grace, then a restart", () =
     expect(messages(second)).not.toContain("stopped");
   });
 });
+
+describe("SIGINT as the first signal", () => {
+  it("drains like SIGTERM: an invocation in flight finishes, the process exits 0", async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), "agent-gateway-sigint-"));
+    try {
+      const child = await startChild(dataDir, LONG_GRACE_MS);
+      const invoke = child.grpc.invoke({ agent: "chain", input: value({ stepMs: 300 }) });
+      await startedOne(child.grpc, "chain");
+      signalChild(child, "SIGINT");
+      const res = (await invoke) as { invocation?: { state: InvocationState } };
+      expect(res.invocation?.state).toBe(InvocationState.SUCCEEDED);
+      expect(await child.exited).toBe(0);
+      child.disconnect();
+      const lifecycle = messages(child).filter((m) => ["listening", "draining", "stopped"].includes(m!));
+      expect(lifecycle).toEqual(["listening", "draining", "stopped"]);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  }, 2 * BOUND_MS);
+});

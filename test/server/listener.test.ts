@@ -385,6 +385,7 @@ describe("listener timeouts and close", () => {
     const session = http2.connect(baseUrl);
     session.on("error", () => undefined);
     const sessionClosed = new Promise((r) => session.once("close", r));
+    const goaway = new Promise<number>((r) => session.once("goaway", r));
     await new Promise((r) => session.once("remoteSettings", r));
     manager = sessionManager();
     const busy = createClient(
@@ -402,6 +403,8 @@ describe("listener timeouts and close", () => {
     await closed;
     expect(Date.now() - started).toBeLessThan(2_000);
     await Promise.all([idleClosed, sessionClosed]);
+    // HTTP/2 clients were told to go away, not just cut off.
+    expect(await goaway).toBe(http2.constants.NGHTTP2_NO_ERROR);
     expect(listener.sockets.size).toBe(0);
     await expect(listener.listen()).rejects.toThrow(/closed/);
     // The forced close cut the stream that never ended.
