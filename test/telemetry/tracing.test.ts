@@ -17,6 +17,7 @@ import type { InvocationRecord } from "../../src/store/types.js";
 import { silentLogger } from "../../src/telemetry/logger.js";
 import { createTracing, spanIdOf } from "../../src/telemetry/tracing.js";
 import { failure, value } from "../helpers/calls.js";
+import { startChildGateway, stopAll } from "../helpers/child.js";
 import { startGateway } from "../helpers/gateway.js";
 import {
   startOtlpGrpcReceiver,
@@ -465,5 +466,40 @@ describe("export settings", () => {
     expect(out.map((line) => JSON.parse(line) as unknown)).toContainEqual(
       expect.objectContaining({ msg: "unknown OTLP protocol", protocol: "carrier-pigeon" }),
     );
+  });
+});
+
+describe("a gateway process stopped by SIGTERM", () => {
+  afterAll(() => stopAll());
+
+  it("exports the spans it still holds before it exits", async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), "agent-gateway-flush-"));
+    try {
+      const child = await startChildGateway(["--import", "tsx", "src/main.ts"], {
+        PORT: "0",
+        HOST: "127.0.0.1",
+        DATA_DIR: dataDir,
+        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+        // Far longer than the test: only the flush at shutdown can send them.
+        OTEL_BSP_SCHEDULE_DELAY: "600000",
+      });
+      const client = createClient(
+        AgentService,
+        createConnectTransport({ baseUrl: child.baseUrl, httpVersion: "1.1" }),
+      );
+      const { invocation } = await client.invoke({ agent: "echo", input: value({ text: "flush" }) });
+      const exited = new Promise<number | null>((resolve) => child.process.once("exit", resolve));
+      child.process.kill("SIGTERM");
+      expect(await exited).toBe(0);
+      const ours = receiver
+        .spans()
+        .filter((s) => s.traceId === invocation?.traceId)
+        .map((s) => s.name);
+      expect(ours).toEqual(
+        expect.arrayContaining(["agent.v1.AgentService/Invoke", "invoke_agent echo"]),
+      );
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });
