@@ -16,6 +16,7 @@ import { createGateway } from "../../src/server/gateway.js";
 import { createObservability } from "../../src/server/observability.js";
 import { createLogger, type LogLevel } from "../../src/telemetry/logger.js";
 import { failure, value } from "../helpers/calls.js";
+import { startChildGateway, stopAll } from "../helpers/child.js";
 
 /**
  * The logs an operator reads: JSON lines on stdout of `npm start`, one
@@ -177,6 +178,37 @@ describe("the log of a gateway process", () => {
     expect(everything).not.toContain(KEY);
     expect(everything).not.toContain(KEY.slice(4));
     expect(everything).not.toContain(WRONG_KEY.slice(4));
+  });
+});
+
+describe("LOG_LEVEL", () => {
+  afterAll(() => stopAll());
+
+  // At warn and above the process would not say where it listens, which
+  // is how the test finds it: the levels below info are compared.
+  it.each([
+    ["info", 1],
+    ["debug", 2],
+  ])("at %s, a gateway process writes %i RPC lines for one call and one probe", async (level, count) => {
+    const dataDir = await mkdtemp(join(tmpdir(), "agent-gateway-loglevel-"));
+    try {
+      const child = await startChildGateway(["--import", "tsx", "src/main.ts"], {
+        PORT: "0",
+        HOST: "127.0.0.1",
+        DATA_DIR: dataDir,
+        LOG_LEVEL: level,
+      });
+      const baseUrl = child.baseUrl;
+      await createClient(AgentService, createConnectTransport({ baseUrl, httpVersion: "1.1" })).listAgents({});
+      // Health checks are logged at debug only.
+      await createClient(Health, createGrpcTransport({ baseUrl })).check({ service: "" });
+      child.process.kill("SIGTERM");
+      await new Promise((resolve) => child.process.once("exit", resolve));
+      expect(child.log.filter((l) => l.msg === "rpc finished")).toHaveLength(count);
+      expect(child.log.some((l) => l.level === 20)).toBe(level === "debug");
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });
 
