@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { ConfigError, type ApiKeyEntry, type Scope } from "../config.js";
 
 /**
@@ -104,11 +104,19 @@ export class ApiKeyRing {
 }
 
 /**
- * The short id logs use for a presented key that matched nothing: the
- * first 12 hex digits of its hash, enough to tell two callers apart.
+ * Keyed per process: a plain hash of what was sent would let anyone who
+ * reads the logs test guesses at it offline, and a caller who sends a
+ * password by mistake sends something guessable.
+ */
+const LOG_ID_SECRET = randomBytes(32);
+
+/**
+ * The short id logs use for a presented key that matched nothing: 12 hex
+ * digits of an HMAC of it, enough to tell two callers apart within one
+ * process's logs, and nothing to test a guess against.
  */
 export function keyIdOf(presented: string): string {
-  return sha256(presented).toString("hex").slice(0, 12);
+  return createHmac("sha256", LOG_ID_SECRET).update(presented, "utf8").digest("hex").slice(0, 12);
 }
 
 function sha256(text: string): Buffer {
