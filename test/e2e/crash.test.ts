@@ -1,10 +1,8 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import type { JsonValue } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import {
@@ -22,6 +20,7 @@ import { DATABASE_FILE } from "../../src/server/gateway.js";
 import { createSqliteStore } from "../../src/store/sqlite/sqlite-store.js";
 import type { StoredEvent } from "../../src/store/types.js";
 import { NODE_RUNS_ENV, readNodeRuns, type NodeRun } from "../fixtures/node-runs.js";
+import { startChildGateway, stopAll } from "../helpers/child.js";
 import { collect, expectWholeLog, json, ofKind, range, value } from "../helpers/event-log.js";
 
 /**
@@ -34,7 +33,6 @@ import { collect, expectWholeLog, json, ofKind, range, value } from "../helpers/
  * that re-ran a finished node under a new task id could not hide from.
  */
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const AGENT_MODULES = "test/fixtures/agents.ts,test/fixtures/review-agent.ts";
 /** A bound on waiting for a condition, so a hang fails instead of stalling. */
 const BOUND_MS = 30_000;
@@ -48,53 +46,23 @@ interface Child {
   disconnect(): void;
 }
 
-const children = new Set<ChildProcess>();
-
 /**
  * `npm start` as a user runs it, on a free port; resolves once it listens.
  * The fixture agents' nodes record their runs in `runsFile`.
  */
 async function startChild(dataDir: string, runsFile: string): Promise<Child> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
-    cwd: ROOT,
-    env: {
-      ...process.env,
-      PORT: "0",
-      HOST: "127.0.0.1",
-      DATA_DIR: dataDir,
-      AGENT_MODULES,
-      [NODE_RUNS_ENV]: runsFile,
-      LOG_LEVEL: "info",
-    },
-    // Its own process group, so that killing the group kills all of it.
-    detached: true,
-    stdio: ["ignore", "pipe", "pipe"],
+  const gateway = await startChildGateway(["--import", "tsx", "src/main.ts"], {
+    PORT: "0",
+    HOST: "127.0.0.1",
+    DATA_DIR: dataDir,
+    AGENT_MODULES,
+    [NODE_RUNS_ENV]: runsFile,
   });
-  children.add(child);
-  child.once("exit", () => children.delete(child));
-  const output: string[] = [];
-  child.stderr!.on("data", (chunk: Buffer) => output.push(chunk.toString()));
-  const port = await new Promise<number>((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout! });
-    lines.on("line", (line) => {
-      output.push(line);
-      try {
-        const entry = JSON.parse(line) as { msg?: string; port?: number };
-        if (entry.msg === "listening" && entry.port) resolve(entry.port);
-      } catch {
-        // Not a log line; kept in the output for the error below.
-      }
-    });
-    child.once("exit", (code, signal) =>
-      reject(new Error(`gateway exited (${code ?? signal}) before listening:\n${output.join("\n")}`)),
-    );
-    setTimeout(() => reject(new Error(`gateway did not listen:\n${output.join("\n")}`)), BOUND_MS).unref();
-  });
-  const baseUrl = `http://127.0.0.1:${port}`;
+  const { baseUrl } = gateway;
   const sessionManager = new Http2SessionManager(baseUrl);
   return {
-    process: child,
-    port,
+    process: gateway.process,
+    port: gateway.port,
     grpc: createClient(AgentService, createGrpcTransport({ baseUrl, sessionManager })),
     json: createClient(AgentService, createConnectTransport({ baseUrl, httpVersion: "1.1" })),
     disconnect: () => sessionManager.abort(),
@@ -312,7 +280,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   child?.disconnect();
-  await Promise.all([...children].map((c) => killChild(c)));
+  await stopAll();
   if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 

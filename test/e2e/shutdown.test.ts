@@ -1,10 +1,8 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import {
@@ -27,6 +25,7 @@ import { createSqliteStore } from "../../src/store/sqlite/sqlite-store.js";
 import type { InvocationRecord, StoredEvent } from "../../src/store/types.js";
 import { failure, value } from "../helpers/calls.js";
 import { collect, ofKind } from "../helpers/event-log.js";
+import { startChildGateway, stopAll } from "../helpers/child.js";
 import { startGateway, type TestGateway } from "../helpers/gateway.js";
 
 /**
@@ -37,7 +36,6 @@ import { startGateway, type TestGateway } from "../helpers/gateway.js";
  * child process sent SIGTERM.
  */
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 /** A bound on waiting for a condition, so a hang fails instead of stalling. */
 const BOUND_MS = 30_000;
 /** A grace no test waits out: draining ends when the work does. */
@@ -226,71 +224,37 @@ interface Child {
   json: Client<typeof AgentService>;
   health: Client<typeof Health>;
   /** Every JSON log line so far, as parsed. */
-  logs: { msg?: string; [key: string]: unknown }[];
+  logs: Record<string, unknown>[];
   /** Resolves with the exit code (or the signal) once it has exited. */
   exited: Promise<number | NodeJS.Signals>;
   /** Closes the clients' connections (the process is left alone). */
   disconnect(): void;
 }
 
-const children = new Set<ChildProcess>();
-
 /** `npm start` on a free loopback port; resolves once it listens. */
 async function startChild(dataDir: string, graceMs: number): Promise<Child> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
-    cwd: ROOT,
-    env: {
-      ...process.env,
-      PORT: "0",
-      HOST: "127.0.0.1",
-      DATA_DIR: dataDir,
-      AGENT_MODULES: "test/fixtures/agents.ts",
-      SHUTDOWN_GRACE_MS: String(graceMs),
-      SQLITE_SYNCHRONOUS: "normal",
-      LOG_LEVEL: "info",
-    },
-    // Its own process group, so that signalling the group reaches all of it.
-    detached: true,
-    stdio: ["ignore", "pipe", "pipe"],
+  const gateway = await startChildGateway(["--import", "tsx", "src/main.ts"], {
+    PORT: "0",
+    HOST: "127.0.0.1",
+    DATA_DIR: dataDir,
+    AGENT_MODULES: "test/fixtures/agents.ts",
+    SHUTDOWN_GRACE_MS: String(graceMs),
+    SQLITE_SYNCHRONOUS: "normal",
   });
-  children.add(child);
   const exited = new Promise<number | NodeJS.Signals>((resolve) =>
-    child.once("exit", (code, signal) => {
-      children.delete(child);
-      resolve(code ?? signal!);
-    }),
+    gateway.process.once("exit", (code, signal) => resolve(code ?? signal!)),
   );
-  const output: string[] = [];
-  const logs: Child["logs"] = [];
-  child.stderr!.on("data", (chunk: Buffer) => output.push(chunk.toString()));
-  const port = await new Promise<number>((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout! });
-    lines.on("line", (line) => {
-      output.push(line);
-      try {
-        const entry = JSON.parse(line) as Child["logs"][number];
-        logs.push(entry);
-        if (entry.msg === "listening" && typeof entry.port === "number") resolve(entry.port);
-      } catch {
-        // Not a log line; kept in the output for the error below.
-      }
-    });
-    void exited.then((how) =>
-      reject(new Error(`gateway exited (${how}) before listening:\n${output.join("\n")}`)),
-    );
-    setTimeout(() => reject(new Error(`gateway did not listen:\n${output.join("\n")}`)), BOUND_MS).unref();
-  });
-  const baseUrl = `http://127.0.0.1:${port}`;
+  const { baseUrl } = gateway;
   const sessionManager = new Http2SessionManager(baseUrl);
   const grpcTransport = createGrpcTransport({ baseUrl, sessionManager });
   return {
-    process: child,
-    port,
+    process: gateway.process,
+    port: gateway.port,
     baseUrl,
     grpc: createClient(AgentService, grpcTransport),
     json: createClient(AgentService, createConnectTransport({ baseUrl, httpVersion: "1.1" })),
     health: createClient(Health, grpcTransport),
-    logs,
+    logs: gateway.log,
     exited,
     disconnect: () => sessionManager.abort(),
   };
@@ -302,7 +266,7 @@ function signalChild(child: Child, signal: NodeJS.Signals) {
 }
 
 /** The messages of the child's log lines, in order. */
-const messages = (child: Child) => child.logs.map((l) => l.msg);
+const messages = (child: Child) => child.logs.map((l) => l.msg as string | undefined);
 
 /** The store a stopped child left behind. */
 async function readStore(dataDir: string, ids: string[]) {
@@ -323,19 +287,7 @@ async function readStore(dataDir: string, ids: string[]) {
 
 const TERMINAL = ["completed", "failed", "cancelled"];
 
-afterAll(async () => {
-  await Promise.all(
-    [...children].map(async (child) => {
-      const gone = new Promise((resolve) => child.once("exit", resolve));
-      try {
-        process.kill(-child.pid!, "SIGKILL");
-      } catch {
-        return; // already gone
-      }
-      await gone;
-    }),
-  );
-});
+afterAll(() => stopAll());
 
 describe("SIGTERM with an invocation that finishes within the grace", () => {
   let dataDir: string;
