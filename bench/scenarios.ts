@@ -497,37 +497,18 @@ const durability: Scenario = {
         samples: samples.get(`${kind}|${n}`) ?? [],
       });
       const out: Comparison[] = [];
+      // Each store setting against the in-memory one, which against bare Connect.
+      const pairs: [ServerKind, ServerKind][] = [
+        ["gateway", "gateway-memory"],
+        ["gateway-normal", "gateway-memory"],
+        ["gateway-memory", "bare-connect"],
+      ];
       for (const n of mode.durabilityInFlight) {
-        out.push(
-          compare(
-            `durability/${n}`,
-            title(n),
-            "calls/s",
-            of("gateway", n),
-            of("gateway-memory", n),
-            "throughput",
-          ),
-        );
-        out.push(
-          compare(
-            `durability/${n}`,
-            title(n),
-            "calls/s",
-            of("gateway-normal", n),
-            of("gateway-memory", n),
-            "throughput",
-          ),
-        );
-        out.push(
-          compare(
-            `durability/${n}`,
-            title(n),
-            "calls/s",
-            of("gateway-memory", n),
-            of("bare-connect", n),
-            "throughput",
-          ),
-        );
+        for (const [ours, baseline] of pairs) {
+          out.push(
+            compare(`durability/${n}`, title(n), "calls/s", of(ours, n), of(baseline, n), "throughput"),
+          );
+        }
       }
       return out;
     });
